@@ -1,0 +1,372 @@
+"""Truncated-SVD factorization of Gemm, MatMul and Conv layers, on the ONNX graph itself.
+
+A layer's weight is read as a matrix W (Gemm/MatMul: the K × N right operand after
+``transB``; Conv: the kernel reshaped to Cout × Cin·kh·kw, as in Alvarez & Salzmann 2017,
+§3) and replaced by two factors of rank r, W ≈ (U√Σ)(√Σ Vᵀ):
+- Gemm:   Y = α·A'·B' + β·C  →  T = α·A'·U ;  Y = T·V + β·C
+- MatMul: Y = A·W            →  T = A·U ;     Y = T·V
+- Conv:   a conv with r output channels and the original kernel, stride, padding and
+          dilation, then a 1×1 conv to Cout carrying the bias.
+At full rank the rewrite is exact up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compressors.graph import Shape, constant_array, initializers, producers
+from compressors.macs import attribute, count_params, node_label, node_macs
+from compressors.ranks import (
+    Energy,
+    Fixed,
+    LayerBudget,
+    RankRule,
+    Target,
+    allocate_ranks,
+    energy_fractions,
+    truncate_to_energy,
+)
+
+
+@dataclass
+class Layer:
+    """A Gemm/MatMul/Conv node, whether we can factorize it, and what it costs."""
+
+    name: str
+    op: str
+    index: int  # position in graph.node
+    weight: str  # name of the weight input
+    weight_shape: tuple[int, ...]
+    rows: int  # the matrix we factor is rows × cols
+    cols: int
+    params: int  # weight elements
+    macs: int
+    applications: int  # how many row vectors the matrix multiplies (MACs = applications·rows·cols)
+    eligible: bool
+    reason: str = ""  # why not, when not eligible
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.rows, self.cols)
+
+    def cost_per_rank(self, metric: str) -> int:
+        per = self.rows + self.cols
+        return per if metric == "params" else per * self.applications
+
+    def dense_cost(self, metric: str) -> int:
+        return self.params if metric == "params" else self.macs
+
+
+@dataclass
+class LayerResult:
+    """One row of the report's per-layer table."""
+
+    name: str
+    op: str
+    shape: list[int]
+    full_rank: int
+    rank: int | None  # None: left dense
+    energy_kept: float
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+
+@dataclass
+class Factorization:
+    model: onnx.ModelProto
+    layers: list[LayerResult] = field(default_factory=list)
+    macs_before: int = 0  # whole model, per sample
+    macs_after: int = 0
+
+
+def find_layers(model: onnx.ModelProto, shapes: Mapping[str, Shape], batch: int = 1) -> list[Layer]:
+    """Every Gemm, MatMul, Conv and ConvTranspose node, with eligibility for factorization.
+
+    ``shapes`` are taken at ``batch`` samples; MACs are reported per sample."""
+    graph = model.graph
+    inits, made_by = initializers(graph), producers(graph)
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    layers = []
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("Gemm", "MatMul", "Conv", "ConvTranspose") or len(node.input) < 2:
+            continue
+        layers.append(_describe(node, index, shapes, inits, made_by, uses, batch))
+    return layers
+
+
+def _describe(
+    node: onnx.NodeProto,
+    index: int,
+    shapes: Mapping[str, Shape],
+    inits: Mapping[str, onnx.TensorProto],
+    made_by: Mapping[str, onnx.NodeProto],
+    uses: Mapping[str, int],
+    batch: int,
+) -> Layer:
+    op, weight = node.op_type, node.input[1]
+    macs = node_macs(node, shapes) // batch
+    w_shape = shapes.get(weight) or ()
+    base = dict(name=node_label(node, index), op=op, index=index, weight=weight, macs=macs)
+
+    def refuse(reason: str, rows: int = 0, cols: int = 0) -> Layer:
+        params = int(np.prod(w_shape)) if w_shape and _is_const(weight, inits, made_by) else 0
+        return Layer(
+            **base,
+            weight_shape=tuple(w_shape),
+            rows=rows,
+            cols=cols,
+            params=params,
+            applications=0,
+            eligible=False,
+            reason=reason,
+        )
+
+    if not _is_const(weight, inits, made_by):
+        return refuse("its weight is computed at run time, not stored in the model")
+    if op == "ConvTranspose":
+        return refuse("ConvTranspose layers are not factorized")
+    if uses.get(weight, 0) > 1:
+        return refuse("its weight is shared with other nodes")
+    value = constant_array(weight, inits, made_by)
+    if value is None or value.dtype != np.float32:
+        return refuse("only float32 weights are factorized")
+    w_shape = value.shape
+    if op == "Conv":
+        group = int(attribute(node, "group", 1))
+        if group != 1 or len(w_shape) < 3:
+            return refuse(f"grouped/depthwise convolution (group={group}) is left alone")
+        rows, cols = int(w_shape[0]), int(np.prod(w_shape[1:]))
+    else:
+        if value.ndim != 2:
+            return refuse("its weight is not a 2-D matrix")
+        if op == "Gemm" and attribute(node, "transB", 0):
+            rows, cols = int(w_shape[1]), int(w_shape[0])
+        else:
+            rows, cols = int(w_shape[0]), int(w_shape[1])
+    params = rows * cols
+    if macs <= 0:
+        return refuse("its input shape could not be determined", rows, cols)
+    applications = macs // params  # rows of activations per sample (spatial size for convs)
+    if rows * cols <= rows + cols:
+        return refuse(f"a {rows}×{cols} matrix cannot be made cheaper by factorizing", rows, cols)
+    return Layer(
+        **base,
+        weight_shape=tuple(int(d) for d in w_shape),
+        rows=rows,
+        cols=cols,
+        params=params,
+        applications=applications,
+        eligible=True,
+    )
+
+
+def _is_const(
+    name: str, inits: Mapping[str, onnx.TensorProto], made_by: Mapping[str, onnx.NodeProto]
+) -> bool:
+    if name in inits:
+        return True
+    node = made_by.get(name)
+    if node is None:
+        return False
+    if node.op_type == "Constant":
+        return True
+    return node.op_type in ("Transpose", "Identity", "Cast") and _is_const(node.input[0], inits, made_by)
+
+
+def weight_matrix(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
+    """The rows × cols matrix the layer multiplies by (see module docstring)."""
+    graph = model.graph
+    value = constant_array(layer.weight, initializers(graph), producers(graph))
+    assert value is not None  # eligibility checked it is a constant
+    node = graph.node[layer.index]
+    if layer.op == "Conv":
+        return value.reshape(layer.rows, layer.cols)
+    if layer.op == "Gemm" and attribute(node, "transB", 0):
+        return value.T
+    return value
+
+
+def choose_ranks(
+    layers: list[Layer], spectra: list[np.ndarray], rule: RankRule, total_cost: int
+) -> list[int | None]:
+    """Per eligible layer: the rank to keep, or None to leave it dense."""
+    if isinstance(rule, Fixed):
+        wanted = rule.ranks
+        return [
+            min(wanted if isinstance(wanted, int) else wanted[layer.name], layer.full_rank)
+            if isinstance(wanted, int) or layer.name in wanted
+            else None
+            for layer in layers
+        ]
+    if isinstance(rule, Energy):
+        chosen: list[int | None] = []
+        for layer, sigma in zip(layers, spectra, strict=True):
+            r = truncate_to_energy(sigma, rule.energy)
+            chosen.append(r if r * (layer.rows + layer.cols) < layer.params else None)
+        return chosen
+    metric = rule.metric
+    fixed = total_cost - sum(layer.dense_cost(metric) for layer in layers)
+    budget = rule.ratio * total_cost - fixed
+    if budget <= 0:
+        from compressors.errors import InvalidSpec
+
+        raise InvalidSpec(
+            f"a {metric} target of {rule.ratio:g} is unreachable: layers that cannot be "
+            f"factorized already account for {fixed / total_cost:.1%} of the model's {metric}."
+        )
+    budgets = [
+        LayerBudget(sigma, layer.cost_per_rank(metric), layer.dense_cost(metric), layer.full_rank)
+        for layer, sigma in zip(layers, spectra, strict=True)
+    ]
+    return allocate_ranks(budgets, budget)
+
+
+def factorize(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, Shape],
+    rule: RankRule,
+    batch: int = 1,
+) -> Factorization:
+    """Factorize every eligible layer by ``rule`` at the given static shapes.
+
+    Returns a new model; the input is not modified. A layer is factorized only when its
+    chosen rank lowers its cost; otherwise it is kept dense and reported with rank None.
+    """
+    everything = find_layers(model, shapes, batch)
+    layers = [layer for layer in everything if layer.eligible]
+    totals = {"params": count_params(model)[0], "macs": sum(layer.macs for layer in everything)}
+    svds = [np.linalg.svd(weight_matrix(model, layer), full_matrices=False) for layer in layers]
+    metric = rule.metric if isinstance(rule, Target) else "params"
+    ranks = choose_ranks(layers, [s for _, s, _ in svds], rule, totals[metric])
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    results: list[LayerResult] = []
+    replacements: dict[int, list[onnx.NodeProto]] = {}
+    for layer, (u, s, vt), rank in zip(layers, svds, ranks, strict=True):
+        kept = 1.0 if rank is None else float(energy_fractions(s)[rank - 1])
+        after_params = layer.params if rank is None else rank * (layer.rows + layer.cols)
+        after_macs = layer.macs if rank is None else rank * layer.cost_per_rank("macs")
+        results.append(
+            LayerResult(
+                layer.name,
+                layer.op,
+                list(layer.weight_shape),
+                layer.full_rank,
+                rank,
+                kept,
+                layer.params,
+                after_params,
+                layer.macs,
+                after_macs,
+            )
+        )
+        if rank is None:
+            continue
+        root = np.sqrt(s[:rank]).astype(np.float32)
+        left = (u[:, :rank] * root).astype(np.float32)  # rows × r
+        right = (root[:, None] * vt[:rank]).astype(np.float32)  # r × cols
+        replacements[layer.index] = _rewrite(graph, graph.node[layer.index], layer, left, right)
+    nodes = []
+    for index, node in enumerate(graph.node):
+        nodes.extend(replacements.get(index, [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_unused(graph)
+    saved = sum(r.macs_before - r.macs_after for r in results)
+    return Factorization(out, results, totals["macs"], totals["macs"] - saved)
+
+
+def _rewrite(
+    graph: onnx.GraphProto, node: onnx.NodeProto, layer: Layer, left: np.ndarray, right: np.ndarray
+) -> list[onnx.NodeProto]:
+    stem = f"{layer.name}.lowrank"
+    mid = f"{stem}.mid"
+    rank = left.shape[1]
+    if layer.op == "Conv":
+        # first: r filters of the original kernel; second: 1×1 conv mixing r → Cout
+        kernel = layer.weight_shape[2:]
+        first_w = right.reshape(rank, *layer.weight_shape[1:])
+        second_w = left.reshape(layer.weight_shape[0], rank, *([1] * len(kernel)))
+        keep = {a.name: a for a in node.attribute if a.name in ("strides", "pads", "dilations", "auto_pad")}
+        graph.initializer.extend(
+            [numpy_helper.from_array(first_w, f"{stem}.w0"), numpy_helper.from_array(second_w, f"{stem}.w1")]
+        )
+        first = helper.make_node(
+            "Conv", [node.input[0], f"{stem}.w0"], [mid], name=f"{stem}.0", kernel_shape=list(kernel)
+        )
+        first.attribute.extend(keep.values())
+        second = helper.make_node(
+            "Conv",
+            [mid, f"{stem}.w1", *node.input[2:3]],
+            list(node.output),
+            name=f"{stem}.1",
+            kernel_shape=[1] * len(kernel),
+        )
+        return [first, second]
+    graph.initializer.extend(
+        [numpy_helper.from_array(left, f"{stem}.u"), numpy_helper.from_array(right, f"{stem}.v")]
+    )
+    if layer.op == "MatMul":
+        return [
+            helper.make_node("MatMul", [node.input[0], f"{stem}.u"], [mid], name=f"{stem}.0"),
+            helper.make_node("MatMul", [mid, f"{stem}.v"], list(node.output), name=f"{stem}.1"),
+        ]
+    alpha = float(attribute(node, "alpha", 1.0))
+    beta = float(attribute(node, "beta", 1.0))
+    first = helper.make_node(
+        "Gemm",
+        [node.input[0], f"{stem}.u"],
+        [mid],
+        name=f"{stem}.0",
+        alpha=alpha,
+        transA=int(attribute(node, "transA", 0)),
+    )
+    second = helper.make_node(
+        "Gemm", [mid, f"{stem}.v", *node.input[2:3]], list(node.output), name=f"{stem}.1", beta=beta
+    )
+    return [first, second]
+
+
+def remove_unused(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nothing reads and initializers nothing uses (e.g. the
+    Transpose that fed a factorized MatMul, and the dense weight itself)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        needed = outputs | _names_read(graph)
+        keep = [n for n in graph.node if any(o in needed for o in n.output if o)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    needed = outputs | _names_read(graph)
+    removed = {t.name for t in graph.initializer if t.name not in needed}
+    kept = [t for t in graph.initializer if t.name not in removed]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    # IR < 4 lists initializers among the graph inputs too
+    for value in [v for v in graph.input if v.name in removed]:
+        graph.input.remove(value)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of the graph, or of a subgraph it holds, reads."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                names |= _names_read(attr.g)
+            for sub in attr.graphs:
+                names |= _names_read(sub)
+    return names

@@ -1,0 +1,1 @@
+"""One module per compression method, each with one entry point returning a result object."""

@@ -1,0 +1,1 @@
+"""The modelpress service: API, settings, database, artifact store, executors, job runner."""

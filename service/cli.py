@@ -1,0 +1,216 @@
+"""``modelpress``: the server-side command line (inspect, compress; serve and worker later).
+
+Exit codes: 0 success, 1 a quality gate failed, 2 the input was rejected or the job failed
+(one line on stderr, no traceback), 3 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from compressors.errors import ModelpressError
+
+EXIT_OK, EXIT_GATE, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="modelpress", description="Compress ONNX models with an honest report.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    inspect = sub.add_parser("inspect", help="print inputs, outputs, params, MACs, eligible layers")
+    inspect.add_argument("model", type=Path, help=".onnx file or .zip bundle")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+    compress = sub.add_parser("compress", help="compress one model in-process, no server")
+    compress.add_argument("model", type=Path, help=".onnx file or .zip bundle")
+    compress.add_argument("--method", default="svd", choices=["svd"])
+    rank = compress.add_mutually_exclusive_group()
+    rank.add_argument("--energy", type=float, help="keep >= this share of Σσ² per layer (0..1]")
+    rank.add_argument("--target-macs", type=float, help="whole-model MACs after / before (0..1)")
+    rank.add_argument("--target-params", type=float, help="whole-model params after / before (0..1)")
+    compress.add_argument("--data", help="'digits' or an .npz with x (and y)")
+    compress.add_argument("-o", "--output", type=Path, required=True, help="where to write the .onnx")
+    compress.add_argument("--report", type=Path, help="where to write report.json")
+    compress.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
+    compress.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "compress":
+            return _compress(args)
+    except ModelpressError as exc:
+        print(f"modelpress: {exc.kind}: {exc.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    except KeyboardInterrupt:
+        print("modelpress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failed job is one line, never a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"modelpress: job-failed: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_REJECTED
+    return EXIT_USAGE
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from compressors.loading import load_model
+
+    with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
+        model = load_model(args.model, Path(tmp))
+    info = model.info
+    if args.json:
+        print(
+            json.dumps({"sha256": model.sha256, "file_bytes": model.file_bytes, **info.to_dict()}, indent=2)
+        )
+        return EXIT_OK
+    console = Console()
+    console.print(f"[bold]{args.model}[/]  opset {info.opset}  {info.producer}  sha256 {model.sha256[:12]}")
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            console.print(f"  {kind:6} {spec.name}: {spec.dtype} {spec.shape}")
+    console.print(
+        f"  parameters {info.params:,}  nonzeros {info.nonzeros:,}  "
+        f"MACs/sample {info.macs:,}  file bytes {model.file_bytes:,}"
+    )
+    table = Table("layer", "op", "weight", "params", "MACs", "factorizable")
+    for layer in info.layers:
+        table.add_row(
+            layer.name,
+            layer.op,
+            "×".join(map(str, layer.weight_shape)),
+            f"{layer.params:,}",
+            f"{layer.macs:,}",
+            "yes" if layer.eligible else f"no: {layer.reason}",
+        )
+    console.print(table)
+    console.print(f"{len(info.eligible_layers)} of {len(info.layers)} layers can be factorized.")
+    return EXIT_OK
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.runner import Progress, run_job
+    from service.spec import EvaluationSpec, RankSpec, SvdSpec
+
+    try:
+        rank = (
+            RankSpec(energy=args.energy, target_macs=args.target_macs, target_params=args.target_params)
+            if any(v is not None for v in (args.energy, args.target_macs, args.target_params))
+            else RankSpec(energy=0.9)
+        )
+        spec = SvdSpec(
+            rank=rank,
+            seed=args.seed,
+            evaluation=EvaluationSpec(latency=not args.no_latency, threads=args.threads),
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        print(f"modelpress: usage: {where}: {error['msg']}".replace(": : ", ": "), file=sys.stderr)
+        return EXIT_USAGE
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp, _progress_bar(console) as bar:
+        task = bar.add_task("load", total=1.0) if bar else None
+
+        def show(p: Progress) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=p.fraction, description=p.stage)
+
+        output = run_job(spec, args.model, args.data, Path(tmp) / "work", Path(tmp) / "out", show)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(output.model_path), args.output)
+        if args.report:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(output.report_path), args.report)
+    report = output.report
+    if args.json:
+        print(report.to_json())
+    else:
+        _print_report(report)
+    return EXIT_OK
+
+
+class _NoBar:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(console: Console):  # type: ignore[no-untyped-def]
+    """A progress bar on a terminal; nothing when output goes to a file or a pipe."""
+    if not console.is_terminal:
+        return _NoBar()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:20}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    )
+
+
+def _print_report(report) -> None:  # type: ignore[no-untyped-def]
+    from compressors.report import summary_rows
+
+    console = Console()
+    table = Table(
+        "figure", "before", "after", "after/before", title=f"modelpress {report.method} {report.rank}"
+    )
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    layers = Table("layer", "op", "shape", "rank / full", "energy kept", "params before → after")
+    for layer in report.layers:
+        rank = "dense" if layer.rank is None else f"{layer.rank} / {layer.full_rank}"
+        layers.add_row(
+            layer.name,
+            layer.op,
+            "×".join(map(str, layer.shape)),
+            rank,
+            f"{layer.energy_kept:.3f}",
+            f"{layer.params_before:,} → {layer.params_after:,}",
+        )
+    console.print(layers)
+    threads = report.latency.get("threads")
+    if threads:
+        console.print(f"latency: onnxruntime CPU, {threads} intra-op thread(s), median after warm-up")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The job runner: the one place that turns a job spec into compressors calls.
+
+Spec, model file and dataset in; ``model.onnx`` and ``report.json`` out, progress reported
+through a callback as it goes. The CLI, the local executor and the Celery worker all call
+``run_job`` and differ in nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressors import metrics
+from compressors.datasets import Dataset, load_dataset
+from compressors.errors import DatasetRejected
+from compressors.loading import Limits, LoadedModel, load_model
+from compressors.macs import count_params
+from compressors.methods import svd
+from compressors.report import Measurements, Report
+from service.spec import CompressionSpec
+
+
+@dataclass
+class Progress:
+    stage: str
+    fraction: float  # of the whole job, 0..1
+    epoch: int | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+_STAGES = {
+    "load": 0.05,
+    "evaluate-original": 0.15,
+    "compress": 0.6,
+    "evaluate-compressed": 0.75,
+    "latency": 0.95,
+    "write": 1.0,
+}
+
+
+@dataclass
+class JobOutput:
+    report: Report
+    model_path: Path
+    report_path: Path
+
+
+def run_job(
+    spec: CompressionSpec,
+    model_path: Path,
+    data: str | Path | None,
+    workdir: Path,
+    out_dir: Path,
+    progress: ProgressCallback | None = None,
+    limits: Limits = Limits(),
+) -> JobOutput:
+    notify = progress or (lambda _p: None)
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        if stages or name != "load":
+            previous = list(_STAGES)[list(_STAGES).index(name) - 1]
+            stages[previous] = round(now - clock, 4)
+        clock = now
+        notify(Progress(name, _STAGES[name] - 0.05))
+
+    stage("load")
+    model = load_model(Path(model_path), workdir, limits)
+    dataset = _dataset(data, model, spec.seed)
+    sample = {model.info.inputs[0].name: dataset.sample_shape} if dataset else None
+
+    stage("evaluate-original")
+    x_eval, y_eval = dataset.all_inputs() if dataset else (None, None)
+    reference = metrics.predict(model.proto, x_eval) if x_eval is not None else None
+    if reference is not None and y_eval is not None and int(y_eval.max()) >= reference.shape[1]:
+        raise DatasetRejected(
+            f"labels go up to {int(y_eval.max())} but the model has {reference.shape[1]} outputs; "
+            "check that the dataset belongs to this model."
+        )
+
+    stage("compress")
+    result = svd.compress(model, spec.rank.rule(), sample)
+    compressed = result.model
+
+    stage("evaluate-compressed")
+    outputs = metrics.predict(compressed, x_eval) if x_eval is not None else None
+
+    stage("latency")
+    before_latency, after_latency, latency_meta = _latencies(spec, model, compressed, sample)
+
+    stage("write")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_out = out_dir / "model.onnx"
+    file_bytes = metrics.write_model(compressed, model_out)
+    params, nonzeros = count_params(compressed)
+    before = Measurements(
+        model.info.params, model.info.nonzeros, result.macs_before, model.file_bytes, before_latency
+    )
+    after = Measurements(params, nonzeros, result.macs_after, file_bytes, after_latency)
+    if reference is not None and outputs is not None:
+        if y_eval is not None:
+            before.accuracy = metrics.accuracy(reference, y_eval)
+            after.accuracy = metrics.accuracy(outputs, y_eval)
+        after.fidelity = metrics.fidelity(outputs, reference)
+    stages["write"] = round(time.perf_counter() - clock, 4)
+    report = Report(
+        method=spec.method,
+        rank=spec.rank.as_dict(),
+        model=_model_block(model),
+        dataset=_dataset_block(dataset, x_eval),
+        before=before,
+        after=after,
+        layers=result.layers,
+        latency=latency_meta,
+        stages=stages,
+        seeds={"seed": spec.seed},
+        notes=_notes(model, dataset),
+    )
+    report_path = out_dir / "report.json"
+    tmp = report_path.with_suffix(".json.tmp")
+    tmp.write_text(report.to_json())
+    tmp.replace(report_path)
+    notify(Progress("done", 1.0))
+    return JobOutput(report, model_out, report_path)
+
+
+def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset | None:
+    if data is None:
+        return None
+    if len(model.info.inputs) != 1:
+        raise DatasetRejected(
+            f"the model takes {len(model.info.inputs)} inputs; datasets fit single-input models only."
+        )
+    return load_dataset(data, model.info.inputs[0], seed)
+
+
+def _latencies(
+    spec: CompressionSpec, model: LoadedModel, compressed: Any, sample: dict | None
+) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, Any]]:
+    evaluation = spec.evaluation
+    if not evaluation.latency:
+        return {}, {}, {"measured": False}
+    batches = tuple(evaluation.batches)
+    # alternate the two models per batch size so machine noise hits both alike
+    before, after = [], []
+    for batch in batches:
+        before += metrics.measure_latency(model.proto, (batch,), evaluation.threads, sample)
+        after += metrics.measure_latency(compressed, (batch,), evaluation.threads, sample)
+    meta = {
+        "measured": True,
+        "runtime": "onnxruntime CPUExecutionProvider",
+        "threads": evaluation.threads,
+        "batches": list(batches),
+        "statistic": "median of repeated runs after 3 warm-up runs",
+        "runs": {str(b.batch): [b.runs, a.runs] for b, a in zip(before, after, strict=True)},
+    }
+    return ({str(b.batch): b.median_ms for b in before}, {str(a.batch): a.median_ms for a in after}, meta)
+
+
+def _model_block(model: LoadedModel) -> dict[str, Any]:
+    info = model.info
+    return {
+        "sha256": model.sha256,
+        "file": model.path.name,
+        "opset": info.opset,
+        "producer": info.producer,
+        "inputs": [vars(t) for t in info.inputs],
+        "outputs": [vars(t) for t in info.outputs],
+    }
+
+
+def _dataset_block(dataset: Dataset | None, x_eval: np.ndarray | None) -> dict[str, Any] | None:
+    if dataset is None or x_eval is None:
+        return None
+    return {
+        "name": dataset.name,
+        "sha256": dataset.sha256,
+        "evaluated_samples": len(x_eval),
+        "labelled": dataset.labelled,
+    }
+
+
+def _notes(model: LoadedModel, dataset: Dataset | None) -> list[str]:
+    notes = ["MACs are per sample and count Conv, ConvTranspose, Gemm and MatMul only."]
+    skipped = [layer for layer in model.info.layers if not layer.eligible]
+    for layer in skipped:
+        notes.append(f"{layer.name} ({layer.op}) left as is: {layer.reason}.")
+    if dataset is None:
+        notes.append("No dataset was given: accuracy and fidelity were not measured.")
+    return notes

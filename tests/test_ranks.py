@@ -1,0 +1,66 @@
+"""Rank rules: energy truncation and whole-model allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compressors.errors import InvalidSpec
+from compressors.inspection import analysis_shapes
+from compressors.lowrank import factorize
+from compressors.ranks import LayerBudget, Target, allocate_ranks, break_even_rank, truncate_to_energy
+from tests import builders
+
+
+def test_truncate_to_energy_keeps_the_smallest_rank_reaching_the_share() -> None:
+    sigma = np.sqrt(np.array([50.0, 30.0, 15.0, 5.0]))  # energies 0.5, 0.8, 0.95, 1.0
+    assert truncate_to_energy(sigma, 0.5) == 1
+    assert truncate_to_energy(sigma, 0.51) == 2
+    assert truncate_to_energy(sigma, 0.8) == 2
+    assert truncate_to_energy(sigma, 0.9) == 3
+    assert truncate_to_energy(sigma, 1.0) == 4
+    with pytest.raises(InvalidSpec):
+        truncate_to_energy(sigma, 0.0)
+
+
+def test_break_even_rank() -> None:
+    assert break_even_rank(512, 512) == 256
+    assert break_even_rank(64, 10) == 9
+
+
+def test_allocation_favours_the_layer_with_concentrated_energy() -> None:
+    flat = LayerBudget(np.ones(64), cost_per_rank=128, dense_cost=64 * 64, full_rank=64)
+    peaked = LayerBudget(np.exp(-np.arange(64) / 3.0), cost_per_rank=128, dense_cost=64 * 64, full_rank=64)
+    flat_rank, peaked_rank = allocate_ranks([flat, peaked], budget=0.25 * 2 * 64 * 64)
+    assert flat_rank is not None and peaked_rank is not None
+    assert flat_rank > peaked_rank  # flat spectra need more rank for the same energy share
+    assert (flat_rank + peaked_rank) * 128 <= 0.25 * 2 * 64 * 64
+
+
+def test_allocation_refuses_a_budget_below_rank_one_everywhere() -> None:
+    layer = LayerBudget(np.ones(8), cost_per_rank=100, dense_cost=1600, full_rank=8)
+    with pytest.raises(InvalidSpec):
+        allocate_ranks([layer, layer], budget=150)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.125])
+@pytest.mark.parametrize("metric", ["params", "macs"])
+def test_whole_model_target_is_hit_within_two_percent(ratio: float, metric: str) -> None:
+    model = builders.matmul(["batch", 3], 384, 512)
+    conv = builders.conv(32, 64, (3, 3), (16, 16), pads=(1, 1, 1, 1))
+    for m in (model, conv):
+        shapes, batch = analysis_shapes(m)
+        result = factorize(m, shapes, Target(ratio, metric), batch)
+        if metric == "macs":
+            achieved = result.macs_after / result.macs_before
+        else:
+            before = sum(r.params_before for r in result.layers)
+            achieved = (sum(r.params_after for r in result.layers) + 0) / before
+        assert abs(achieved - ratio) <= 0.02
+
+
+def test_unreachable_target_says_why() -> None:
+    depthwise = builders.conv(8, 8, (3, 3), (9, 9), pads=(1, 1, 1, 1), group=8)
+    shapes, batch = analysis_shapes(depthwise)
+    with pytest.raises(InvalidSpec, match="cannot be factorized"):
+        factorize(depthwise, shapes, Target(0.5, "macs"), batch)
