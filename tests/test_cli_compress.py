@@ -1,0 +1,139 @@
+"""``modelpress inspect`` and ``modelpress compress`` on models exported by torch.onnx (dynamo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compressors import metrics
+from compressors.datasets import load_dataset
+from compressors.inspection import TensorSpec
+from tests.conftest import run_cli
+
+
+def test_inspect_lists_layers_of_a_zip_bundle(digits_cnn_zip: Path) -> None:
+    done = run_cli("inspect", str(digits_cnn_zip), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["opset"] >= 18
+    assert info["external_files"], "the dynamo export keeps weights in external data"
+    assert {layer["op"] for layer in info["layers"]} >= {"Conv", "Gemm"}
+    assert all(layer["eligible"] for layer in info["layers"])
+    assert info["inputs"][0]["shape"][1:] == [1, 8, 8]
+
+
+def test_target_macs_quarter_on_a_bundled_cnn(digits_cnn_zip: Path, tmp_path: Path) -> None:
+    out, report_path = tmp_path / "small.onnx", tmp_path / "report.json"
+    done = run_cli(
+        "compress",
+        str(digits_cnn_zip),
+        "--method",
+        "svd",
+        "--target-macs",
+        "0.25",
+        "--data",
+        "digits",
+        "-o",
+        str(out),
+        "--report",
+        str(report_path),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert abs(report["ratios"]["macs"] - 0.25) <= 0.02
+    assert report["after"]["macs"] < report["before"]["macs"]
+    assert report["before"]["accuracy"]["top1"] > 0.8  # the trained model, measured here
+    assert report["latency"]["threads"] == 1 and report["before"]["latency_ms"]["32"] > 0
+    # the artifact is a plain .onnx that onnxruntime runs on the whole dataset
+    model = onnx.load(str(out))
+    data = load_dataset("digits", TensorSpec("x", "float", ["batch", 1, 8, 8]))
+    x, y = data.all_inputs()
+    logits = metrics.predict(model, x)
+    assert logits.shape == (len(x), 10)
+    assert metrics.accuracy(logits, y)["top1"] == pytest.approx(report["after"]["accuracy"]["top1"])
+    assert "accuracy top1" in done.stdout  # the table a person reads
+
+
+def test_energy_on_an_external_data_mlp_keeps_accuracy(digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mlp.onnx"
+    done = run_cli(
+        "compress",
+        str(digits_mlp_onnx),
+        "--energy",
+        "0.95",
+        "--data",
+        "digits",
+        "-o",
+        str(out),
+        "--json",
+        "--no-latency",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["fidelity"]["top1_agreement"] > 0.9
+    assert report["schema_version"] == "1.0"
+    assert {"onnx", "onnxruntime", "numpy"} <= set(report["versions"])
+
+
+def test_transformer_style_matmuls_are_factorized(encoder_onnx: Path, tmp_path: Path) -> None:
+    inspect = json.loads(run_cli("inspect", str(encoder_onnx), "--json").stdout)
+    ops = {layer["op"] for layer in inspect["layers"] if layer["eligible"]}
+    assert "MatMul" in ops or "Gemm" in ops
+    x = np.random.default_rng(0).standard_normal((40, 6, 32)).astype(np.float32)
+    data = tmp_path / "tokens.npz"
+    np.savez(data, x=x)
+    out = tmp_path / "enc.onnx"
+    done = run_cli(
+        "compress",
+        str(encoder_onnx),
+        "--target-params",
+        "0.5",
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--json",
+        "--no-latency",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert any(layer["rank"] for layer in report["layers"])
+    assert report["after"]["fidelity"] is not None and report["after"]["accuracy"] is None
+    assert metrics.predict(onnx.load(str(out)), x).shape[0] == 40
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--energy", "0.9", "--target-macs", "0.5"], "not allowed with"),
+        (["--target-macs", "1.5"], "target_macs"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
+def test_usage_errors_exit_3(digits_mlp_onnx: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+    done = run_cli("compress", str(digits_mlp_onnx), *args, "-o", str(tmp_path / "o.onnx"))
+    assert done.returncode == 3
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_wrong_shaped_dataset_is_rejected_with_exit_2(digits_cnn_zip: Path, tmp_path: Path) -> None:
+    data = tmp_path / "flat.npz"
+    np.savez(data, x=np.zeros((10, 64), np.float32), y=np.zeros(10, np.int64))
+    done = run_cli("compress", str(digits_cnn_zip), "--data", str(data), "-o", str(tmp_path / "o.onnx"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "(N, 1, 8, 8)" in done.stderr
+
+
+def test_unreachable_target_is_one_line_exit_2(digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    done = run_cli(
+        "compress", str(digits_mlp_onnx), "--target-params", "0.0001", "-o", str(tmp_path / "o.onnx")
+    )
+    assert done.returncode == 2
+    assert "invalid-spec" in done.stderr and done.stderr.strip().count("\n") == 0
