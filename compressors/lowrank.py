@@ -13,7 +13,7 @@ At full rank the rewrite is exact up to float rounding.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -31,6 +31,7 @@ from compressors.ranks import (
     energy_fractions,
     truncate_to_energy,
 )
+from compressors.result import CompressionResult, LayerResult
 
 
 @dataclass
@@ -60,30 +61,6 @@ class Layer:
 
     def dense_cost(self, metric: str) -> int:
         return self.params if metric == "params" else self.macs
-
-
-@dataclass
-class LayerResult:
-    """One row of the report's per-layer table."""
-
-    name: str
-    op: str
-    shape: list[int]
-    full_rank: int
-    rank: int | None  # None: left dense
-    energy_kept: float
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-
-
-@dataclass
-class Factorization:
-    model: onnx.ModelProto
-    layers: list[LayerResult] = field(default_factory=list)
-    macs_before: int = 0  # whole model, per sample
-    macs_after: int = 0
 
 
 def find_layers(model: onnx.ModelProto, shapes: Mapping[str, Shape], batch: int = 1) -> list[Layer]:
@@ -236,7 +213,7 @@ def factorize(
     shapes: Mapping[str, Shape],
     rule: RankRule,
     batch: int = 1,
-) -> Factorization:
+) -> CompressionResult:
     """Factorize every eligible layer by ``rule`` at the given static shapes.
 
     Returns a new model; the input is not modified. A layer is factorized only when its
@@ -284,7 +261,7 @@ def factorize(
     graph.node.extend(nodes)
     remove_unused(graph)
     saved = sum(r.macs_before - r.macs_after for r in results)
-    return Factorization(out, results, totals["macs"], totals["macs"] - saved)
+    return CompressionResult(out, results, totals["macs"], totals["macs"] - saved)
 
 
 def _rewrite(

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compressors.errors import ModelpressError
+from service.spec import METHODS
 
 EXIT_OK, EXIT_GATE, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="compress one model in-process, no server")
     compress.add_argument("model", type=Path, help=".onnx file or .zip bundle")
-    compress.add_argument("--method", default="svd", choices=["svd"])
+    compress.add_argument("--method", default="svd", choices=list(METHODS))
     rank = compress.add_mutually_exclusive_group()
     rank.add_argument("--energy", type=float, help="keep >= this share of Σσ² per layer (0..1]")
     rank.add_argument("--target-macs", type=float, help="whole-model MACs after / before (0..1)")
@@ -50,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--report", type=Path, help="where to write report.json")
     compress.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
     compress.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument("--epochs", type=int, help="regularized training epochs (retraining methods)")
+    compress.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs on the compressed model")
+    compress.add_argument("--strength", type=float, help="regularizer strength (per-method default)")
+    compress.add_argument("--lr", type=float, help="learning rate (Adam)")
+    compress.add_argument("--batch-size", type=int, help="training batch size")
+    compress.add_argument("--distill", action="store_true", help="distill from the original model")
+    compress.add_argument("--seed", type=int, help="seed for data order and sampling")
     compress.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -126,23 +133,14 @@ def _compress(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.runner import Progress, run_job
-    from service.spec import EvaluationSpec, RankSpec, SvdSpec
+    from service.spec import parse_spec
 
     try:
-        rank = (
-            RankSpec(energy=args.energy, target_macs=args.target_macs, target_params=args.target_params)
-            if any(v is not None for v in (args.energy, args.target_macs, args.target_params))
-            else RankSpec(energy=0.9)
-        )
-        spec = SvdSpec(
-            rank=rank,
-            seed=args.seed,
-            evaluation=EvaluationSpec(latency=not args.no_latency, threads=args.threads),
-        )
+        spec = parse_spec(spec_from_args(args))
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        print(f"modelpress: usage: {where}: {error['msg']}".replace(": : ", ": "), file=sys.stderr)
+        where = ".".join(str(p) for p in error["loc"] if not str(p).endswith("Spec"))
+        print(f"modelpress: usage: {where}: {error['msg']}", file=sys.stderr)
         return EXIT_USAGE
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp, _progress_bar(console) as bar:
@@ -150,7 +148,8 @@ def _compress(args: argparse.Namespace) -> int:
 
         def show(p: Progress) -> None:
             if bar is not None and task is not None:
-                bar.update(task, completed=p.fraction, description=p.stage)
+                label = p.stage if p.epoch is None else f"{p.stage} epoch {p.epoch}"
+                bar.update(task, completed=p.fraction, description=label)
 
         output = run_job(spec, args.model, args.data, Path(tmp) / "work", Path(tmp) / "out", show)
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +163,40 @@ def _compress(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return EXIT_OK
+
+
+def spec_from_args(args: argparse.Namespace) -> dict:
+    """The job spec (as the API takes it) from command-line flags; unset flags keep defaults."""
+    spec: dict = {"method": args.method}
+    rank = {
+        k: v
+        for k, v in (
+            ("energy", args.energy),
+            ("target_macs", args.target_macs),
+            ("target_params", args.target_params),
+        )
+        if v is not None
+    }
+    if rank:
+        spec["rank"] = rank
+    training = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("finetune_epochs", args.finetune_epochs),
+            ("strength", args.strength),
+            ("lr", args.lr),
+            ("batch_size", args.batch_size),
+            ("seed", args.seed),
+        )
+        if v is not None
+    }
+    if args.distill:
+        training["distill"] = True
+    if training:
+        spec["training"] = training
+    spec["evaluation"] = {"latency": not args.no_latency, "threads": args.threads}
+    return spec
 
 
 class _NoBar:

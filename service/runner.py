@@ -17,12 +17,16 @@ import numpy as np
 
 from compressors import metrics
 from compressors.datasets import Dataset, load_dataset
-from compressors.errors import DatasetRejected
+from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled
+from compressors.graph import fixed_batch
 from compressors.loading import Limits, LoadedModel, load_model
 from compressors.macs import count_params
-from compressors.methods import svd
+from compressors.methods import l1, l2, nuclear, prune, svd, variational
 from compressors.report import Measurements, Report
-from service.spec import CompressionSpec
+from compressors.result import CompressionResult
+from compressors.retrain import Hooks, TrainingData, finetune
+from compressors.training import TrainProgress
+from service.spec import METHODS, RETRAINING, SPARSE, CompressionSpec
 
 
 @dataclass
@@ -61,7 +65,11 @@ def run_job(
     out_dir: Path,
     progress: ProgressCallback | None = None,
     limits: Limits = Limits(),
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> JobOutput:
+    """Run one job. ``checkpoint_dir`` holds per-epoch checkpoints; a job re-run with the
+    same directory resumes from them."""
     notify = progress or (lambda _p: None)
     stages: dict[str, float] = {}
     clock = time.perf_counter()
@@ -73,6 +81,8 @@ def run_job(
             previous = list(_STAGES)[list(_STAGES).index(name) - 1]
             stages[previous] = round(now - clock, 4)
         clock = now
+        if should_stop is not None and should_stop():
+            raise JobCancelled("the job was cancelled.")
         notify(Progress(name, _STAGES[name] - 0.05))
 
     stage("load")
@@ -90,7 +100,8 @@ def run_job(
         )
 
     stage("compress")
-    result = svd.compress(model, spec.rank.rule(), sample)
+    hooks = Hooks(_training_progress(spec, notify), should_stop, checkpoint_dir or workdir / "checkpoints")
+    result = compress(spec, model, dataset, sample, hooks)
     compressed = result.model
 
     stage("evaluate-compressed")
@@ -116,7 +127,7 @@ def run_job(
     stages["write"] = round(time.perf_counter() - clock, 4)
     report = Report(
         method=spec.method,
-        rank=spec.rank.as_dict(),
+        rank=spec.rank.as_dict() if spec.rank is not None else None,
         model=_model_block(model),
         dataset=_dataset_block(dataset, x_eval),
         before=before,
@@ -125,7 +136,8 @@ def run_job(
         latency=latency_meta,
         stages=stages,
         seeds={"seed": spec.seed},
-        notes=_notes(model, dataset),
+        training=_training_block(spec, result) if result.training else None,
+        notes=_notes(spec, model, dataset, latency_meta) + result.notes,
     )
     report_path = out_dir / "report.json"
     tmp = report_path.with_suffix(".json.tmp")
@@ -133,6 +145,85 @@ def run_job(
     tmp.replace(report_path)
     notify(Progress("done", 1.0))
     return JobOutput(report, model_out, report_path)
+
+
+def compress(
+    spec: CompressionSpec,
+    model: LoadedModel,
+    dataset: Dataset | None,
+    sample: dict | None,
+    hooks: Hooks,
+) -> CompressionResult:
+    """Dispatch a spec to its method's entry point."""
+    method, training_spec = spec.method, spec.training
+    rule = spec.rank.rule() if spec.rank is not None else None
+    config = training_spec.config()
+    finetune_epochs = training_spec.finetune_epochs
+    needs_data = method in RETRAINING or finetune_epochs > 0
+    if needs_data and dataset is None:
+        raise InvalidSpec(
+            f"{method} with {finetune_epochs} fine-tuning epochs needs data: give a dataset "
+            "(digits or an .npz with x, and y when you have labels)."
+            if method not in RETRAINING
+            else f"{method} retrains the model and needs data: give a dataset (digits or an .npz)."
+        )
+    training = TrainingData.build(model.proto, dataset, model.info.inputs[0].name) if needs_data else None
+    if method == "svd":
+        assert rule is not None
+        result = svd.compress(model, rule, sample)
+        if finetune_epochs and training is not None:
+            result.model, result.training["finetune"] = finetune(
+                result.model, training, config, finetune_epochs, hooks, keep_zeros=False
+            )
+        return result
+    if method == "prune":
+        assert rule is not None
+        return prune.compress(model, rule, training, config, finetune_epochs, hooks, sample)
+    assert training is not None
+    strength = spec.strength()
+    if method == "nuclear":
+        assert rule is not None
+        return nuclear.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+    if method == "l2":
+        assert rule is not None
+        return l2.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+    if method == "l1":
+        assert rule is not None
+        return l1.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+    if method == "group_lasso":
+        from compressors.methods import group_lasso
+
+        assert rule is not None
+        return group_lasso.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+    if method == "variational":
+        return variational.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+    raise InvalidSpec(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+
+
+def _training_progress(spec: CompressionSpec, notify: ProgressCallback) -> Callable[[TrainProgress], None]:
+    """Map a training stage's own progress onto the job's compress stage (10%..70%)."""
+    train_epochs = spec.training.epochs if spec.method in RETRAINING else 0
+    tune_epochs = spec.training.finetune_epochs
+    total = max(train_epochs + tune_epochs, 1)
+    low, high = _STAGES["evaluate-original"], _STAGES["compress"] - 0.05
+
+    def forward(p: TrainProgress) -> None:
+        done = p.fraction * train_epochs if p.stage == "train" else train_epochs + p.fraction * tune_epochs
+        notify(
+            Progress(
+                p.stage,
+                low + (high - low) * done / total,
+                p.epoch,
+                p.eta_s,
+                {"loss": p.loss, "regularizer": p.regularizer, **p.metrics},
+            )
+        )
+
+    return forward
+
+
+def _training_block(spec: CompressionSpec, result: CompressionResult) -> dict[str, Any]:
+    return {"spec": spec.training.model_dump(), "strength": spec.strength(), "stages": result.training}
 
 
 def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset | None:
@@ -191,8 +282,25 @@ def _dataset_block(dataset: Dataset | None, x_eval: np.ndarray | None) -> dict[s
     }
 
 
-def _notes(model: LoadedModel, dataset: Dataset | None) -> list[str]:
+def _notes(
+    spec: CompressionSpec, model: LoadedModel, dataset: Dataset | None, latency: dict[str, Any]
+) -> list[str]:
     notes = ["MACs are per sample and count Conv, ConvTranspose, Gemm and MatMul only."]
+    if spec.method in SPARSE:
+        notes.append(
+            "Unstructured sparsity: zeros are reported as fewer nonzeros; MACs and latency do not fall "
+            "because dense kernels multiply zeros too."
+        )
+    if latency.get("measured") and fixed_batch(model.proto) is not None:
+        notes.append(
+            f"The model's batch dimension is fixed at {fixed_batch(model.proto)}; latency at other batch "
+            "sizes cannot be measured (export with a dynamic batch to get them)."
+        )
+    if dataset is not None and not dataset.labelled:
+        notes.append(
+            "The dataset has no labels: training distilled the original model and the report "
+            "gives fidelity, not accuracy."
+        )
     skipped = [layer for layer in model.info.layers if not layer.eligible]
     for layer in skipped:
         notes.append(f"{layer.name} ({layer.op}) left as is: {layer.reason}.")

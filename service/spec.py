@@ -1,15 +1,22 @@
 """The job spec: one pydantic model shared by the API, the database and the queue payload.
 
-A discriminated union keyed by ``method``; each variant accepts only what that method uses.
+A discriminated union keyed by ``method``. Defaults for ``strength`` are per method (they
+mean different things: λ of a nuclear norm, a weight-decay coefficient, an l1 or group-lasso
+λ, a KL weight) and were chosen on the digits review (docs/review.md).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from compressors.ranks import Energy, RankRule, Target
+from compressors.training import TrainConfig
+
+DEFAULT_STRENGTH = {"nuclear": 1.0, "l2": 0.01, "l1": 1.0, "group_lasso": 1.0, "variational": 0.1}
+RETRAINING = frozenset(DEFAULT_STRENGTH)
+SPARSE = frozenset({"l1", "prune", "variational"})  # unstructured: nonzeros shrink, MACs do not
 
 
 class RankSpec(BaseModel):
@@ -40,24 +47,110 @@ class RankSpec(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(5, ge=1, le=1000, description="regularized training epochs")
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    strength: float | None = Field(
+        None, ge=0.0, le=1e6, description="regularizer strength; per-method default"
+    )
+    finetune_epochs: int = Field(0, ge=0, le=1000, description="epochs on the compressed model")
+    distill: bool = Field(False, description="distill from the original (always on without labels)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    def config(self, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs or self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            distill=self.distill,
+        )
+
+
 class EvaluationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency: bool = True
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads for latency")
-    batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32])
+    batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], max_length=4)
 
 
-class SvdSpec(BaseModel):
-    """Training-free truncated SVD."""
-
+class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["svd"] = "svd"
     rank: RankSpec = Field(default_factory=lambda: RankSpec(energy=0.9))
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    seed: int = 0
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    def strength(self) -> float:
+        method = self.method  # type: ignore[attr-defined]
+        given = self.training.strength
+        return DEFAULT_STRENGTH.get(method, 0.0) if given is None else given
 
 
-# Grows into Annotated[SvdSpec | ..., Field(discriminator="method")] as methods are added.
-CompressionSpec = SvdSpec
+class _Sparse(_Spec):
+    rank: RankSpec = Field(default_factory=lambda: RankSpec(target_params=0.25))
+
+    @model_validator(mode="after")
+    def _no_macs_target(self) -> _Sparse:
+        if self.rank.target_macs is not None:
+            raise ValueError(
+                "unstructured sparsity does not lower MACs; use target_params (a nonzeros ratio)"
+            )
+        return self
+
+
+class SvdSpec(_Spec):
+    """Training-free truncated SVD (optionally fine-tuned after)."""
+
+    method: Literal["svd"] = "svd"
+
+
+class NuclearSpec(_Spec):
+    method: Literal["nuclear"] = "nuclear"
+
+
+class L2Spec(_Spec):
+    method: Literal["l2"] = "l2"
+
+
+class GroupLassoSpec(_Spec):
+    method: Literal["group_lasso"] = "group_lasso"
+
+
+class L1Spec(_Sparse):
+    method: Literal["l1"] = "l1"
+
+
+class PruneSpec(_Sparse):
+    method: Literal["prune"] = "prune"
+
+
+class VariationalSpec(_Sparse):
+    method: Literal["variational"] = "variational"
+    rank: RankSpec | None = Field(None, description="target_params, or none to prune at log α > 3")  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _no_macs_target(self) -> VariationalSpec:
+        if self.rank is not None and self.rank.target_params is None:
+            raise ValueError("variational takes target_params or no rank at all (log α > 3 threshold)")
+        return self
+
+
+CompressionSpec = Annotated[
+    SvdSpec | NuclearSpec | L2Spec | GroupLassoSpec | L1Spec | PruneSpec | VariationalSpec,
+    Field(discriminator="method"),
+]
+METHODS = ("svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune")
+spec_adapter: TypeAdapter[CompressionSpec] = TypeAdapter(CompressionSpec)
+
+
+def parse_spec(data: dict) -> CompressionSpec:
+    return spec_adapter.validate_python(data)

@@ -1,0 +1,48 @@
+"""``l2``: fine-tune with weight decay, then truncate — the baseline the paper omitted.
+
+Decoupled weight decay (AdamW, Loshchilov & Hutter 2019) with coefficient ``strength`` on
+every trainable weight; then the same truncation as ``nuclear`` and ``svd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from compressors.convert import write_back
+from compressors.inspection import analysis_shapes
+from compressors.loading import LoadedModel
+from compressors.lowrank import factorize
+from compressors.ranks import RankRule
+from compressors.result import CompressionResult
+from compressors.retrain import (
+    Hooks,
+    TrainingData,
+    finetune,
+    run_training,
+    stage_summary,
+    trainable_with_views,
+)
+from compressors.training import TrainConfig
+
+
+def compress(
+    model: LoadedModel,
+    training: TrainingData,
+    rule: RankRule,
+    config: TrainConfig,
+    strength: float,
+    finetune_epochs: int = 0,
+    hooks: Hooks | None = None,
+) -> CompressionResult:
+    hooks = hooks or Hooks()
+    trainable, _ = trainable_with_views(model.proto, training.sample_shapes)
+    trained = run_training(trainable, training, replace(config, weight_decay=strength), "train", hooks)
+    decayed = write_back(trainable, model.proto)
+    shapes, batch = analysis_shapes(decayed, training.sample_shapes)
+    result = factorize(decayed, shapes, rule, batch)
+    result.training = {"train": {**stage_summary(trained), "strength": strength}}
+    if finetune_epochs > 0:
+        result.model, result.training["finetune"] = finetune(
+            result.model, training, config, finetune_epochs, hooks, keep_zeros=False
+        )
+    return result

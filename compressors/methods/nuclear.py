@@ -1,0 +1,155 @@
+"""``nuclear``: compression-aware training (Alvarez & Salzmann, NeurIPS 2017), then truncation.
+
+Objective: L(W) + λ Σ_l ‖W_l‖*, W_l the out × in matrix of layer l (conv kernels reshaped
+to Cout × Cin·kh·kw). Optimized by proximal steps: after the optimizer's step on L, each
+W_l is replaced by prox_{τ‖·‖*}(W_l) = U max(Σ − τ, 0) Vᵀ, singular-value soft-thresholding
+(Cai, Candès & Shen 2010, Thm. 2.1), with τ = lr·λ per step elapsed since the last prox.
+
+Cost. An exact SVD per matrix per step costs many training steps on big models. The prox
+here thresholds through the eigendecomposition of the smaller Gram matrix G = W Wᵀ (or
+WᵀW): G = U Σ² Uᵀ, and U diag(max(σ − τ, 0)/σ) Uᵀ W equals the SVT of W. Matrices of one
+shape are stacked and decomposed in one batched fp64 ``eigh``. The prox then runs every k
+steps, with k chosen from measured times so that prox time ≤ ``overhead`` (10%) of
+training time (``prox_every`` fixes k instead); the threshold covers the k steps it stands
+for. After training, layers are truncated by the shared rank rule (energy or target).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from compressors.convert import write_back
+from compressors.inspection import analysis_shapes
+from compressors.loading import LoadedModel
+from compressors.lowrank import factorize
+from compressors.ranks import RankRule
+from compressors.result import CompressionResult
+from compressors.retrain import (
+    Hooks,
+    TrainingData,
+    finetune,
+    run_training,
+    stage_summary,
+    trainable_with_views,
+)
+from compressors.training import TrainConfig
+from compressors.views import WeightView
+
+
+@torch.no_grad()
+def singular_value_threshold(matrices: torch.Tensor, tau: float) -> torch.Tensor:
+    """SVT of a batch (B, m, n) of matrices through the Gram matrix of the smaller side, fp64."""
+    wide = matrices.shape[-2] <= matrices.shape[-1]
+    w = matrices.double() if wide else matrices.double().transpose(-1, -2)
+    gram = w @ w.transpose(-1, -2)
+    eigenvalues, u = torch.linalg.eigh(gram)
+    sigma = eigenvalues.clamp_min(0).sqrt()
+    scale = torch.where(sigma > tau, (sigma - tau) / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
+    shrunk = u @ (scale.unsqueeze(-1) * (u.transpose(-1, -2) @ w))
+    out = shrunk if wide else shrunk.transpose(-1, -2)
+    return out.to(matrices.dtype)
+
+
+class NuclearProx:
+    """λ Σ‖W‖* by proximal steps on the viewed weights (see module docstring)."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        views: list[WeightView],
+        strength: float,
+        prox_every: int | None = None,
+        overhead: float = 0.1,
+    ) -> None:
+        self.params = dict(module.named_parameters())
+        self.views = views
+        self.strength = strength
+        self.fixed = prox_every
+        self.every = prox_every or 1
+        self.overhead = overhead
+        self.last = 0  # step of the last prox
+        self._step_clock = time.perf_counter()
+        self._step_times: list[float] = []
+        self._prox_seconds = 0.0
+        by_shape: dict[tuple[int, ...], list[WeightView]] = defaultdict(list)
+        for view in views:
+            by_shape[tuple(view.matrix(self.params[view.param]).shape)].append(view)
+        self.groups = list(by_shape.values())
+
+    def penalty(self) -> None:
+        return None  # handled by the proximal step, not by the gradient
+
+    def after_step(self, step: int, lr: float) -> None:
+        now = time.perf_counter()
+        self._step_times.append(now - self._step_clock)
+        if step - self.last >= self.every:
+            self.prox(lr * self.strength * (step - self.last))
+            self.last = step
+            self._prox_seconds = time.perf_counter() - now
+            if self.fixed is None and len(self._step_times) >= 3:
+                step_time = sorted(self._step_times[-20:])[len(self._step_times[-20:]) // 2]
+                self.every = max(1, math.ceil(self._prox_seconds / (self.overhead * max(step_time, 1e-9))))
+        self._step_clock = time.perf_counter()
+
+    @torch.no_grad()
+    def prox(self, tau: float) -> None:
+        for group in self.groups:
+            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group])
+            shrunk = singular_value_threshold(stacked, tau)
+            for view, matrix in zip(group, shrunk, strict=True):
+                view.assign(self.params[view.param], matrix)
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        norm = kept = full = 0.0
+        for view in self.views:
+            sigma = torch.linalg.svdvals(view.matrix(self.params[view.param].detach()).double())
+            norm += float(sigma.sum())
+            energy = torch.cumsum(sigma**2, 0) / (sigma**2).sum().clamp_min(1e-30)
+            kept += int((energy < 0.9).sum()) + 1
+            full += len(sigma)
+        return {
+            "nuclear_norm": norm,
+            "regularizer": self.strength * norm,
+            "rank90_ratio": kept / max(full, 1),
+            "prox_every": float(self.every),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"every": self.every, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.every, self.last = int(state["every"]), int(state["last"])
+
+
+def compress(
+    model: LoadedModel,
+    training: TrainingData,
+    rule: RankRule,
+    config: TrainConfig,
+    strength: float,
+    finetune_epochs: int = 0,
+    hooks: Hooks | None = None,
+    prox_every: int | None = None,
+) -> CompressionResult:
+    """Train with the nuclear-norm prox, truncate by ``rule``, optionally fine-tune."""
+    hooks = hooks or Hooks()
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    regularizer = NuclearProx(trainable.module, views, strength, prox_every)
+    trained = run_training(trainable, training, config, "train", hooks, regularizer)
+    regularized = write_back(trainable, model.proto)
+    shapes, batch = analysis_shapes(regularized, training.sample_shapes)
+    result = factorize(regularized, shapes, rule, batch)
+    result.training = {
+        "train": {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength}
+    }
+    if finetune_epochs > 0:
+        result.model, result.training["finetune"] = finetune(
+            result.model, training, config, finetune_epochs, hooks, keep_zeros=False
+        )
+    return result

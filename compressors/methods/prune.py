@@ -1,0 +1,34 @@
+"""``prune``: training-free magnitude pruning, optionally followed by masked fine-tuning."""
+
+from __future__ import annotations
+
+from compressors.inspection import analysis_shapes
+from compressors.loading import LoadedModel
+from compressors.ranks import RankRule
+from compressors.result import CompressionResult
+from compressors.retrain import Hooks, TrainingData, finetune
+from compressors.sparsity import magnitude_prune
+from compressors.training import TrainConfig
+
+
+def compress(
+    model: LoadedModel,
+    rule: RankRule,
+    training: TrainingData | None = None,
+    config: TrainConfig | None = None,
+    finetune_epochs: int = 0,
+    hooks: Hooks | None = None,
+    sample_shapes: dict | None = None,
+) -> CompressionResult:
+    shapes, batch = analysis_shapes(model.proto, sample_shapes)
+    result = magnitude_prune(model.proto, shapes, rule, batch)
+    if finetune_epochs > 0 and training is not None:
+        result.model, result.training["finetune"] = finetune(
+            result.model,
+            training,
+            config or TrainConfig(),
+            finetune_epochs,
+            hooks or Hooks(),
+            keep_zeros=True,
+        )
+    return result

@@ -1,0 +1,267 @@
+"""``variational``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017).
+
+Each weight gets a Gaussian posterior N(θ, σ²) with α = σ²/θ² under the log-uniform prior;
+the ELBO's KL term is the paper's approximation (Eq. 14):
+    −KL ≈ k1·sigmoid(k2 + k3·log α) − 0.5·log(1 + 1/α) − k1,  k1, k2, k3 = 0.63576, 1.87320, 1.48695.
+Linear and Conv layers use the local reparameterization trick (Kingma et al. 2015): the
+pre-activation is sampled as N(x·θ, x²·σ²). Weights held outside a torch layer (MatMul
+weights) use additive weight noise, θ + σ·ε per batch, the same posterior with more gradient
+variance. After training, weights with log α > 3 (dropout rate above ~95%) are pruned; with
+``target_params`` the weights with the largest log α are pruned until the target is met.
+This is the description-length view of Graves (2011) in its practical modern form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compressors.convert import TrainableModel, write_back
+from compressors.errors import InvalidSpec
+from compressors.inspection import analysis_shapes
+from compressors.loading import LoadedModel
+from compressors.lowrank import find_layers
+from compressors.macs import count_params
+from compressors.ranks import RankRule, Target
+from compressors.result import CompressionResult, LayerResult
+from compressors.retrain import (
+    Hooks,
+    TrainingData,
+    finetune,
+    run_training,
+    stage_summary,
+    trainable_with_views,
+)
+from compressors.training import TrainConfig
+from compressors.views import WeightView
+
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+LOG_ALPHA_THRESHOLD = 3.0
+
+
+def kl_approximation(log_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(q ‖ p) per weight, Molchanov et al. 2017, Eq. 14 (the constant C = −k1 makes KL → 0
+    as α → ∞)."""
+    return -(K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1)
+
+
+def _log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    return (log_sigma2 - torch.log(theta * theta + 1e-8)).clamp(-10.0, 10.0)
+
+
+class VariationalLayer(nn.Module):
+    """A Linear or Conv layer with a per-weight log σ². Sampling happens whenever gradients
+    are on (training); under ``torch.no_grad`` it is the mean network with pruning applied."""
+
+    def __init__(self, layer: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) -> None:
+        super().__init__()
+        self.layer = layer
+        self.weight = layer.weight  # same Parameter object: the name the ONNX binding knows
+        self.bias = layer.bias
+        self.log_sigma2 = nn.Parameter(torch.full_like(layer.weight, -10.0))
+
+    def _call(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, weight, bias)
+        conv = self.layer
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[weight.dim() - 2]
+        return fn(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # type: ignore[operator]
+
+    def log_alpha(self) -> torch.Tensor:
+        return _log_alpha(self.weight, self.log_sigma2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            mask = (self.log_alpha() < LOG_ALPHA_THRESHOLD).to(self.weight.dtype)
+            return self._call(x, self.weight * mask, self.bias)
+        mean = self._call(x, self.weight, self.bias)
+        variance = self._call(x * x, torch.exp(self.log_sigma2), None)
+        return mean + torch.sqrt(variance + 1e-8) * torch.randn_like(mean)
+
+
+class WeightNoise(nn.Module):
+    """Parametrization θ ↦ θ + σ·ε for weights outside torch layers."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        super().__init__()
+        self.log_sigma2 = nn.Parameter(torch.full_like(like, -10.0))
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            mask = (_log_alpha(theta, self.log_sigma2) < LOG_ALPHA_THRESHOLD).to(theta.dtype)
+            return theta * mask
+        return theta + torch.exp(0.5 * self.log_sigma2) * torch.randn_like(theta)
+
+
+class VariationalKL:
+    """The KL term of the ELBO, per training sample, warmed up linearly over the first
+    ``warmup_steps`` (Molchanov et al. §5)."""
+
+    def __init__(
+        self, pairs: list[tuple[torch.Tensor, torch.Tensor]], samples: int, strength: float, warmup_steps: int
+    ) -> None:
+        self.pairs = pairs  # (θ, log σ²)
+        self.samples = samples
+        self.strength = strength
+        self.warmup = max(warmup_steps, 1)
+        self.step = 0
+
+    def penalty(self) -> torch.Tensor:
+        kl = sum(kl_approximation(_log_alpha(t, s)).sum() for t, s in self.pairs)
+        weight = min(1.0, self.step / self.warmup)
+        return self.strength * weight * kl / self.samples  # type: ignore[return-value]
+
+    def after_step(self, step: int, lr: float) -> None:
+        self.step = step
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        total = sum(t.numel() for t, _ in self.pairs)
+        pruned = sum(int((_log_alpha(t, s) >= LOG_ALPHA_THRESHOLD).sum()) for t, s in self.pairs)
+        return {"sparsity": pruned / max(total, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+def make_variational(trainable: TrainableModel, views: list[WeightView]) -> list[tuple[str, nn.Module, str]]:
+    """Swap layers for variational ones; returns (param name, owner, attribute) per weight."""
+    module = trainable.module
+    owners: list[tuple[str, nn.Module, str]] = []
+    for view in views:
+        owner_name, _, attr = view.param.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        if isinstance(owner, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and attr == "weight":
+            parent_name, _, child = owner_name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            wrapped = VariationalLayer(owner)
+            setattr(parent, child, wrapped)
+            owners.append((view.param, wrapped, "layer"))
+        else:
+            parametrize.register_parametrization(owner, attr, WeightNoise(getattr(owner, attr)))
+            owners.append((view.param, owner, attr))
+    return owners
+
+
+def _pairs(owners: list[tuple[str, nn.Module, str]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _, owner, attr in owners:
+        if isinstance(owner, VariationalLayer):
+            pairs.append((owner.weight, owner.log_sigma2))
+        else:
+            holder: Any = owner.parametrizations[attr]  # type: ignore[index]
+            pairs.append((holder.original, holder[0].log_sigma2))
+    return pairs
+
+
+@torch.no_grad()
+def _settle(
+    trainable: TrainableModel,
+    owners: list[tuple[str, nn.Module, str]],
+    rule: RankRule | None,
+    total_params: int,
+    fixed_nonzeros: int,
+) -> None:
+    """Bake pruning into θ and restore the plain layers, so ``write_back`` sees θ·mask."""
+    pairs = _pairs(owners)
+    log_alphas = [_log_alpha(t, s) for t, s in pairs]
+    if isinstance(rule, Target):
+        keep = round(rule.ratio * total_params) - fixed_nonzeros
+        if keep <= 0:
+            raise InvalidSpec(f"a nonzeros target of {rule.ratio:g} is below what the unpruned tensors hold.")
+        flat = torch.cat([la.flatten() for la in log_alphas])
+        threshold = float(torch.sort(flat).values[min(keep, len(flat)) - 1]) if keep < len(flat) else math.inf
+        masks = [la <= threshold for la in log_alphas]
+    else:
+        masks = [la < LOG_ALPHA_THRESHOLD for la in log_alphas]
+    for (theta, _), mask in zip(pairs, masks, strict=True):
+        theta.mul_(mask.to(theta.dtype))
+    module = trainable.module
+    for param_name, owner, attr in owners:
+        if isinstance(owner, VariationalLayer):
+            owner_name = param_name.rpartition(".")[0]
+            parent_name, _, child = owner_name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, child, owner.layer)
+        else:
+            parametrize.remove_parametrizations(owner, attr, leave_parametrized=False)
+
+
+def compress(
+    model: LoadedModel,
+    training: TrainingData,
+    rule: RankRule | None,
+    config: TrainConfig,
+    strength: float = 1.0,
+    finetune_epochs: int = 0,
+    hooks: Hooks | None = None,
+) -> CompressionResult:
+    if rule is not None and not (isinstance(rule, Target) and rule.metric == "params"):
+        rule = None  # energy/ranks do not apply: prune by the log α threshold
+    hooks = hooks or Hooks()
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    owners = make_variational(trainable, views)
+    steps = math.ceil(len(training.data.x) / config.batch_size)
+    kl = VariationalKL(
+        _pairs(owners), len(training.data.x), strength, warmup_steps=steps * max(config.epochs // 2, 1)
+    )
+    trained = run_training(trainable, training, config, "train", hooks, kl)
+    params, nonzeros = count_params(model.proto)
+    prunable = sum(int(np.count_nonzero(t.detach().numpy())) for t, _ in _pairs(owners))
+    _settle(trainable, owners, rule, params, nonzeros - prunable)
+    pruned = write_back(trainable, model.proto)
+    result = _accounting(pruned, model.proto, training)
+    result.training = {
+        "train": {
+            **stage_summary(trained),
+            "strength": strength,
+            "log_alpha_threshold": LOG_ALPHA_THRESHOLD if rule is None else None,
+        }
+    }
+    if finetune_epochs > 0:
+        result.model, result.training["finetune"] = finetune(
+            result.model, training, config, finetune_epochs, hooks, keep_zeros=True
+        )
+    return result
+
+
+def _accounting(
+    pruned: onnx.ModelProto, original: onnx.ModelProto, training: TrainingData
+) -> CompressionResult:
+    from compressors.sparsity import weight_tensor
+
+    shapes, batch = analysis_shapes(original, training.sample_shapes)
+    layers = find_layers(pruned, shapes, batch)
+    rows = []
+    for layer in layers:
+        tensor = weight_tensor(pruned, layer) if layer.eligible else None
+        if tensor is None:
+            continue
+        value = onnx.numpy_helper.to_array(tensor)
+        rows.append(
+            LayerResult(
+                layer.name,
+                layer.op,
+                list(layer.weight_shape),
+                layer.full_rank,
+                None,
+                None,
+                layer.params,
+                layer.params,
+                layer.macs,
+                layer.macs,
+                nonzeros_after=int(np.count_nonzero(value)),
+            )
+        )
+    macs = sum(layer.macs for layer in layers)
+    return CompressionResult(pruned, rows, macs, macs)
