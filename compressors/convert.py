@@ -93,7 +93,10 @@ def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
     """(True, "") when every operator converts to torch; else (False, why)."""
     from onnx2torch.node_converters import get_converter
 
-    prepared = prepare(model)
+    try:
+        prepared = prepare(model)
+    except NotRetrainable as exc:
+        return False, exc.message
     opsets = {o.domain or "": o.version for o in prepared.opset_import}
     for node in prepared.graph.node:
         domain = node.domain or ""

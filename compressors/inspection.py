@@ -48,6 +48,8 @@ class ModelInfo:
     macs: int
     layers: list[LayerSummary]
     external_files: list[str] = field(default_factory=list)
+    retrainable: bool | None = None  # None until checked (the check imports torch)
+    retrainable_reason: str = ""
 
     @property
     def eligible_layers(self) -> list[LayerSummary]:

@@ -96,7 +96,7 @@ def export(
     """``torch.onnx.export(dynamo=True)``, quietly; returns the .onnx path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    dynamic = {"x": {0: "batch"}} if dynamic_batch else None
+    dynamic = ({0: "batch"},) if dynamic_batch else None  # positional: any forward argument name
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         torch.onnx.export(
             model,

@@ -59,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--distill", action="store_true", help="distill from the original model")
     compress.add_argument("--seed", type=int, help="seed for data order and sampling")
     compress.add_argument("--json", action="store_true", help="print the report as JSON")
+    sweep = sub.add_parser("sweep", help="accuracy-versus-compression curves for several methods")
+    sweep.add_argument("model", type=Path, help=".onnx file or .zip bundle")
+    sweep.add_argument("--data", required=True, help="'digits' or an .npz with x (and y)")
+    sweep.add_argument("--methods", default="svd,l2,nuclear", help="comma-separated methods")
+    sweep.add_argument(
+        "--targets",
+        help="comma-separated ratios (MACs for factorizing and group lasso, "
+        "nonzeros for l1/prune/variational)",
+    )
+    sweep.add_argument(
+        "--strengths",
+        action="append",
+        default=[],
+        metavar="METHOD=A,B",
+        help="strength grid for one method, e.g. nuclear=0.3,1,3 (repeatable)",
+    )
+    sweep.add_argument("--epochs", type=int, default=5, help="training epochs per strength")
+    sweep.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs per point")
+    sweep.add_argument("--lr", type=float, default=1e-3)
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
+    sweep.add_argument("--latency", action="store_true", help="measure batch-1 latency of every point")
+    sweep.add_argument("-o", "--output", type=Path, required=True, help="folder for curve.csv/json/png")
     return parser
 
 
@@ -70,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "compress":
             return _compress(args)
+        if args.command == "sweep":
+            return _sweep(args)
     except ModelpressError as exc:
         print(f"modelpress: {exc.kind}: {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
@@ -95,11 +119,13 @@ def _quiet_libraries() -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from compressors.convert import check_retrainable
     from compressors.loading import load_model
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
     info = model.info
+    info.retrainable, info.retrainable_reason = check_retrainable(model.proto)
     if args.json:
         print(
             json.dumps({"sha256": model.sha256, "file_bytes": model.file_bytes, **info.to_dict()}, indent=2)
@@ -126,6 +152,10 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"{len(info.eligible_layers)} of {len(info.layers)} layers can be factorized.")
+    if info.retrainable:
+        console.print("retrainable: yes (every method applies)")
+    else:
+        console.print(f"retrainable: no, because {info.retrainable_reason} (svd and prune still apply)")
     return EXIT_OK
 
 
@@ -162,6 +192,76 @@ def _compress(args: argparse.Namespace) -> int:
         print(report.to_json())
     else:
         _print_report(report)
+    return EXIT_OK
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"modelpress: usage: {what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from compressors.datasets import load_dataset
+    from compressors.loading import load_model
+    from compressors.retrain import TrainingData
+    from compressors.sweep import DEFAULT_TARGETS, SweepSpec, sweep, write_curve
+    from compressors.training import TrainConfig
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(
+            f"modelpress: usage: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    strengths = {}
+    for item in args.strengths:
+        method, _, values = item.partition("=")
+        strengths[method.strip()] = _floats(values, f"--strengths {method}")
+    spec = SweepSpec(
+        methods,
+        tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS,
+        strengths,
+        [int(s) for s in _floats(args.seeds, "--seeds")],
+        TrainConfig(epochs=args.epochs, lr=args.lr),
+        args.finetune_epochs,
+        args.latency,
+    )
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
+        model = load_model(args.model, Path(tmp))
+        data = load_dataset(args.data, model.info.inputs[0])
+        training = TrainingData.build(model.proto, data, model.info.inputs[0].name)
+        curve = sweep(
+            model,
+            training,
+            spec,
+            on_point=lambda p: console.print(
+                f"{p.method:12} strength={p.strength} target={p.target:g}: params {p.params_ratio:.3f} "
+                f"MACs {p.macs_ratio:.3f} {p.accuracy:.4f}",
+                highlight=False,
+            ),
+        )
+    paths = write_curve(curve, args.output, f"{args.model.name} on {args.data}")
+    table = Table(
+        "method",
+        "largest params reduction",
+        "largest MACs reduction",
+        title=(f"at most 1% below the original's {curve.metric} ({curve.baseline_accuracy:.4f})"),
+    )
+    for method in methods:
+        ok = [p for p in curve.points if p.method == method and p.accuracy >= curve.baseline_accuracy - 0.01]
+        table.add_row(
+            method,
+            f"{1 / min(p.params_ratio for p in ok):.2f}x" if ok else "none",
+            f"{1 / min(p.macs_ratio for p in ok):.2f}x" if ok else "none",
+        )
+    Console().print(table)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
     return EXIT_OK
 
 

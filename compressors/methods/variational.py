@@ -14,6 +14,7 @@ This is the description-length view of Graves (2011) in its practical modern for
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -164,28 +165,77 @@ def _pairs(owners: list[tuple[str, nn.Module, str]]) -> list[tuple[torch.Tensor,
     return pairs
 
 
-@torch.no_grad()
-def _settle(
-    trainable: TrainableModel,
-    owners: list[tuple[str, nn.Module, str]],
-    rule: RankRule | None,
-    total_params: int,
-    fixed_nonzeros: int,
-) -> None:
-    """Bake pruning into θ and restore the plain layers, so ``write_back`` sees θ·mask."""
-    pairs = _pairs(owners)
-    log_alphas = [_log_alpha(t, s) for t, s in pairs]
-    if isinstance(rule, Target):
-        keep = round(rule.ratio * total_params) - fixed_nonzeros
-        if keep <= 0:
-            raise InvalidSpec(f"a nonzeros target of {rule.ratio:g} is below what the unpruned tensors hold.")
-        flat = torch.cat([la.flatten() for la in log_alphas])
-        threshold = float(torch.sort(flat).values[min(keep, len(flat)) - 1]) if keep < len(flat) else math.inf
-        masks = [la <= threshold for la in log_alphas]
-    else:
-        masks = [la < LOG_ALPHA_THRESHOLD for la in log_alphas]
-    for (theta, _), mask in zip(pairs, masks, strict=True):
-        theta.mul_(mask.to(theta.dtype))
+@dataclass
+class TrainedVariational:
+    """A trained model with its plain layers restored, θ unpruned, and log α kept aside, so
+    that it can be pruned at many levels (sweeps train once per strength)."""
+
+    trainable: TrainableModel
+    source: onnx.ModelProto
+    params: list[str]  # parameter names of the pruned weights
+    thetas: list[torch.Tensor]
+    log_alphas: list[torch.Tensor]
+    total_params: int
+    fixed_nonzeros: int  # nonzeros outside the pruned weights
+    summary: dict[str, Any]
+
+    @torch.no_grad()
+    def masks(self, rule: RankRule | None) -> list[torch.Tensor]:
+        if isinstance(rule, Target) and rule.metric == "params":
+            keep = round(rule.ratio * self.total_params) - self.fixed_nonzeros
+            if keep <= 0:
+                raise InvalidSpec(
+                    f"a nonzeros target of {rule.ratio:g} is below what the unpruned tensors hold."
+                )
+            flat = torch.sort(torch.cat([la.flatten() for la in self.log_alphas])).values
+            threshold = float(flat[keep - 1]) if keep < len(flat) else math.inf
+            return [la <= threshold for la in self.log_alphas]
+        return [la < LOG_ALPHA_THRESHOLD for la in self.log_alphas]
+
+    @torch.no_grad()
+    def prune(self, rule: RankRule | None) -> onnx.ModelProto:
+        """The user's graph with θ·mask written in (θ itself is left untouched)."""
+        named = dict(self.trainable.module.named_parameters())
+        for name, theta, mask in zip(self.params, self.thetas, self.masks(rule), strict=True):
+            named[name].copy_(theta * mask.to(theta.dtype))
+        pruned = write_back(self.trainable, self.source)
+        for name, theta in zip(self.params, self.thetas, strict=True):
+            named[name].copy_(theta)
+        return pruned
+
+
+def train_variational(
+    model: LoadedModel, training: TrainingData, config: TrainConfig, strength: float, hooks: Hooks
+) -> TrainedVariational:
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    owners = make_variational(trainable, views)
+    steps = math.ceil(len(training.data.x) / config.batch_size)
+    kl = VariationalKL(
+        _pairs(owners), len(training.data.x), strength, warmup_steps=steps * max(config.epochs // 2, 1)
+    )
+    trained = run_training(trainable, training, config, "train", hooks, kl)
+    with torch.no_grad():
+        pairs = _pairs(owners)
+        log_alphas = [_log_alpha(t, s).detach().clone() for t, s in pairs]
+        prunable = sum(int(torch.count_nonzero(t)) for t, _ in pairs)
+    _unwrap(trainable, owners)
+    named = dict(trainable.module.named_parameters())
+    params = [name for name, _, _ in owners]
+    total, nonzeros = count_params(model.proto)
+    return TrainedVariational(
+        trainable,
+        model.proto,
+        params,
+        [named[p].detach().clone() for p in params],
+        log_alphas,
+        total,
+        nonzeros - prunable,
+        {**stage_summary(trained), "strength": strength},
+    )
+
+
+def _unwrap(trainable: TrainableModel, owners: list[tuple[str, nn.Module, str]]) -> None:
+    """Put the plain layers back (θ as trained) so parameter names match the ONNX bindings."""
     module = trainable.module
     for param_name, owner, attr in owners:
         if isinstance(owner, VariationalLayer):
@@ -209,24 +259,10 @@ def compress(
     if rule is not None and not (isinstance(rule, Target) and rule.metric == "params"):
         rule = None  # energy/ranks do not apply: prune by the log α threshold
     hooks = hooks or Hooks()
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    owners = make_variational(trainable, views)
-    steps = math.ceil(len(training.data.x) / config.batch_size)
-    kl = VariationalKL(
-        _pairs(owners), len(training.data.x), strength, warmup_steps=steps * max(config.epochs // 2, 1)
-    )
-    trained = run_training(trainable, training, config, "train", hooks, kl)
-    params, nonzeros = count_params(model.proto)
-    prunable = sum(int(np.count_nonzero(t.detach().numpy())) for t, _ in _pairs(owners))
-    _settle(trainable, owners, rule, params, nonzeros - prunable)
-    pruned = write_back(trainable, model.proto)
-    result = _accounting(pruned, model.proto, training)
+    trained = train_variational(model, training, config, strength, hooks)
+    result = _accounting(trained.prune(rule), model.proto, training)
     result.training = {
-        "train": {
-            **stage_summary(trained),
-            "strength": strength,
-            "log_alpha_threshold": LOG_ALPHA_THRESHOLD if rule is None else None,
-        }
+        "train": {**trained.summary, "log_alpha_threshold": LOG_ALPHA_THRESHOLD if rule is None else None}
     }
     if finetune_epochs > 0:
         result.model, result.training["finetune"] = finetune(

@@ -1,0 +1,294 @@
+"""Accuracy-versus-compression curves: methods × strengths × targets, with the Pareto front.
+
+Regularized methods train once per strength and are then truncated or pruned at every
+target — the cheap way compression-aware training allows. Factorizing and structured
+methods are swept over whole-model MACs targets; unstructured ones (l1, prune,
+variational) over nonzeros targets, and their MACs ratio is reported as 1.0, which it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compressors import metrics
+from compressors.convert import write_back
+from compressors.errors import InvalidSpec
+from compressors.inspection import analysis_shapes
+from compressors.loading import LoadedModel
+from compressors.lowrank import factorize
+from compressors.macs import count_params
+from compressors.methods import l1, nuclear, variational
+from compressors.ranks import Target
+from compressors.result import CompressionResult
+from compressors.retrain import Hooks, TrainingData, finetune, run_training, trainable_with_views
+from compressors.sparsity import magnitude_prune
+from compressors.training import TrainConfig
+
+FACTORIZING = ("svd", "nuclear", "l2")
+UNSTRUCTURED = ("l1", "prune", "variational")
+DEFAULT_TARGETS = (0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.06)
+DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "nuclear": (0.3, 1.0, 3.0),
+    "l2": (1e-3, 1e-2, 1e-1),
+    "l1": (0.3, 1.0, 3.0),
+    "group_lasso": (0.3, 1.0, 3.0),
+    "variational": (0.03, 0.1, 0.3),
+}
+
+
+@dataclass
+class Point:
+    method: str
+    seed: int
+    strength: float | None
+    target: float
+    params_ratio: float  # stored nonzero parameters after / parameters before
+    macs_ratio: float
+    accuracy: float  # top-1 when labelled, else top-1 agreement with the original
+    latency_ratio: float | None = None  # batch-1 onnxruntime latency after / before
+
+
+@dataclass
+class Curve:
+    baseline_accuracy: float
+    metric: str  # "accuracy" or "agreement"
+    points: list[Point] = field(default_factory=list)
+
+    def pareto(self, axis: str) -> list[Point]:
+        """Points no other point beats on both ``axis`` (lower) and accuracy (higher)."""
+        ordered = sorted(self.points, key=lambda p: (getattr(p, axis), -p.accuracy))
+        front: list[Point] = []
+        best = -np.inf
+        for point in ordered:
+            if point.accuracy > best:
+                front.append(point)
+                best = point.accuracy
+        return front
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline_accuracy": self.baseline_accuracy,
+            "metric": self.metric,
+            "points": [asdict(p) for p in self.points],
+            "pareto_params": [asdict(p) for p in self.pareto("params_ratio")],
+            "pareto_macs": [asdict(p) for p in self.pareto("macs_ratio")],
+        }
+
+
+@dataclass
+class SweepSpec:
+    methods: Sequence[str]
+    targets: Sequence[float] = DEFAULT_TARGETS
+    strengths: dict[str, Sequence[float]] = field(default_factory=dict)  # per method; defaults above
+    seeds: Sequence[int] = (0,)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    finetune_epochs: int = 0
+    latency: bool = False
+
+
+def sweep(
+    model: LoadedModel,
+    training: TrainingData,
+    spec: SweepSpec,
+    hooks: Hooks | None = None,
+    on_point: Callable[[Point], None] | None = None,
+) -> Curve:
+    hooks = hooks or Hooks()
+    data = training.data
+    labels = data.y_val
+    reference = training.teacher_val
+    baseline = _score(reference, labels, reference)
+    curve = Curve(baseline, "accuracy" if labels is not None else "agreement")
+    params0, _ = count_params(model.proto)
+    shapes, batch = analysis_shapes(model.proto, training.sample_shapes)
+    base_latency = _latency(model.proto, training) if spec.latency else None
+    for method in spec.methods:
+        if method not in (*FACTORIZING, *UNSTRUCTURED, "group_lasso"):
+            raise InvalidSpec(f"unknown method {method!r} in the sweep.")
+        strengths: Sequence[float | None] = (
+            [None] if method in ("svd", "prune") else spec.strengths.get(method, DEFAULT_STRENGTHS[method])
+        )
+        for seed in spec.seeds if method not in ("svd", "prune") else spec.seeds[:1]:
+            config = TrainConfig(**{**spec.config.__dict__, "seed": seed})
+            for strength in strengths:
+                for target, result in _levels(method, model, training, config, strength, spec.targets, hooks):
+                    if spec.finetune_epochs > 0:
+                        result.model, _ = finetune(
+                            result.model,
+                            training,
+                            config,
+                            spec.finetune_epochs,
+                            hooks,
+                            keep_zeros=method in UNSTRUCTURED,
+                        )
+                    logits = metrics.predict(result.model, data.x_val)
+                    _, nonzeros = count_params(result.model)
+                    point = Point(
+                        method,
+                        seed,
+                        strength,
+                        target,
+                        nonzeros / params0,
+                        result.macs_after / max(result.macs_before, 1),
+                        _score(logits, labels, reference),
+                        (_latency(result.model, training) / base_latency) if base_latency else None,
+                    )
+                    curve.points.append(point)
+                    if on_point is not None:
+                        on_point(point)
+    del shapes, batch
+    return curve
+
+
+def _levels(
+    method: str,
+    model: LoadedModel,
+    training: TrainingData,
+    config: TrainConfig,
+    strength: float | None,
+    targets: Sequence[float],
+    hooks: Hooks,
+):  # type: ignore[no-untyped-def]
+    """(target, result) for each target, training at most once."""
+    sample = training.sample_shapes
+    if method == "variational":
+        assert strength is not None
+        trained = variational.train_variational(model, training, config, strength, hooks)
+        for target in targets:
+            pruned = trained.prune(Target(target, "params"))
+            macs = _total_macs(pruned, sample)
+            yield target, CompressionResult(pruned, [], macs, macs)
+        return
+    if method == "group_lasso":
+        from compressors.methods import group_lasso
+
+        assert strength is not None
+        trained_gl = group_lasso.train_group_lasso(model, training, config, strength, hooks)
+        for target in targets:
+            try:
+                yield target, trained_gl.remove(Target(target, "macs"))
+            except InvalidSpec:
+                continue
+        return
+    source = model.proto
+    if method in ("nuclear", "l2", "l1"):
+        assert strength is not None
+        trainable, views = trainable_with_views(model.proto, sample)
+        if method == "nuclear":
+            regularizer: Any = nuclear.NuclearProx(trainable.module, views, strength)
+            run_training(trainable, training, config, "train", hooks, regularizer)
+        elif method == "l1":
+            run_training(
+                trainable, training, config, "train", hooks, l1.L1Prox(trainable.module, views, strength)
+            )
+        else:
+            run_training(
+                trainable,
+                training,
+                TrainConfig(**{**config.__dict__, "weight_decay": strength}),
+                "train",
+                hooks,
+            )
+        source = write_back(trainable, model.proto)
+    shapes, batch = analysis_shapes(source, sample)
+    for target in targets:
+        try:
+            if method in UNSTRUCTURED:
+                yield target, magnitude_prune(source, shapes, Target(target, "params"), batch)
+            else:
+                yield target, factorize(source, shapes, Target(target, "macs"), batch)
+        except InvalidSpec:
+            continue  # a target below what this model can reach
+
+
+def _total_macs(model: onnx.ModelProto, sample: dict) -> int:
+    from compressors.lowrank import find_layers
+
+    shapes, batch = analysis_shapes(model, sample)
+    return sum(layer.macs for layer in find_layers(model, shapes, batch))
+
+
+def _score(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    if labels is not None:
+        return float((logits.argmax(1) == labels).mean())
+    return float((logits.argmax(1) == reference.argmax(1)).mean())
+
+
+def _latency(model: onnx.ModelProto, training: TrainingData) -> float:
+    (result,) = metrics.measure_latency(model, (1,), 1, training.sample_shapes, min_runs=20, max_seconds=0.5)
+    return result.median_ms or float("nan")
+
+
+def write_curve(curve: Curve, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """curve.json, curve.csv and curve.png (accuracy vs params ratio and vs MACs ratio)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "curve.json", "csv": out_dir / "curve.csv", "png": out_dir / "curve.png"}
+    paths["json"].write_text(json.dumps(curve.to_dict(), indent=2))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=list(asdict(curve.points[0]).keys()) if curve.points else ["method"]
+        )
+        writer.writeheader()
+        for point in curve.points:
+            writer.writerow(asdict(point))
+    plot_curve(curve, paths["png"], title)
+    return paths
+
+
+def plot_curve(curve: Curve, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    methods = list(dict.fromkeys(p.method for p in curve.points))
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
+    for ax, axis, label in (
+        (axes[0], "params_ratio", "stored parameters (nonzeros) after / before"),
+        (axes[1], "macs_ratio", "MACs after / before"),
+    ):
+        for method in methods:
+            mine = Curve(
+                curve.baseline_accuracy, curve.metric, [p for p in curve.points if p.method == method]
+            )
+            xs = [getattr(p, axis) for p in mine.points]
+            ax.scatter(xs, [p.accuracy for p in mine.points], s=12, alpha=0.35, color=colors[method])
+            front = mine.pareto(axis)
+            ax.plot(
+                [getattr(p, axis) for p in front],
+                [p.accuracy for p in front],
+                "-o",
+                ms=3,
+                color=colors[method],
+                label=method,
+            )
+        overall = curve.pareto(axis)
+        ax.plot(
+            [getattr(p, axis) for p in overall],
+            [p.accuracy for p in overall],
+            "k--",
+            lw=1,
+            label="Pareto front (all)",
+        )
+        ax.axhline(curve.baseline_accuracy, color="grey", lw=0.8, ls=":")
+        ax.axhline(curve.baseline_accuracy - 0.01, color="red", lw=0.8, ls=":", label="1% below original")
+        ax.set_xscale("log")
+        ax.set_xlabel(label + " (log)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy" if curve.metric == "accuracy" else "top-1 agreement with original")
+    low = min([p.accuracy for p in curve.points] + [curve.baseline_accuracy])
+    axes[0].set_ylim(max(0.0, min(low, curve.baseline_accuracy - 0.1)), 1.0)
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title or "accuracy versus compression")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

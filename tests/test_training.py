@@ -1,0 +1,169 @@
+"""Regularizers and the training loop: the math they cite, cancellation, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compressors import metrics
+from compressors.convert import check_retrainable, prepare, to_torch, write_back
+from compressors.errors import JobCancelled, NotRetrainable
+from compressors.inspection import analysis_shapes
+from compressors.loading import load_model
+from compressors.lowrank import find_layers
+from compressors.methods.nuclear import NuclearProx, singular_value_threshold
+from compressors.methods.variational import K1, K2, K3, kl_approximation
+from compressors.training import TrainConfig, distillation_loss, train
+from compressors.views import weight_views
+from tests import builders
+
+
+def test_prox_matches_closed_form_svt() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(6, 9), (9, 6), (5, 5)]:
+        w = rng.standard_normal(shape)
+        u, s, vt = np.linalg.svd(w, full_matrices=False)
+        tau = float(np.median(s))
+        expected = u @ np.diag(np.maximum(s - tau, 0)) @ vt
+        got = singular_value_threshold(torch.from_numpy(w)[None], tau)[0].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-9)
+        assert np.linalg.matrix_rank(got, tol=1e-8) == int((s > tau).sum())
+
+
+def test_prox_on_a_batch_of_float32_matrices_matches_exact_svt() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 32, 48)).astype(np.float32)
+    got = singular_value_threshold(torch.from_numpy(w), 1.5).numpy()
+    for i in range(4):
+        u, s, vt = np.linalg.svd(w[i].astype(np.float64), full_matrices=False)
+        expected = u @ np.diag(np.maximum(s - 1.5, 0)) @ vt
+        assert np.abs(got[i] - expected).max() / np.abs(expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("log_alpha", [-8.0, -2.0, 0.0, 1.5, 3.0, 8.0])
+def test_variational_kl_is_the_papers_approximation(log_alpha: float) -> None:
+    # Molchanov et al. 2017, Eq. 14: −KL ≈ k1·σ(k2 + k3·log α) − 0.5·log(1 + 1/α) + C, C = −k1
+    alpha = np.exp(log_alpha)
+    neg_kl = K1 / (1 + np.exp(-(K2 + K3 * log_alpha))) - 0.5 * np.log1p(1 / alpha) - K1
+    got = float(kl_approximation(torch.tensor(log_alpha, dtype=torch.float64)))
+    assert got == pytest.approx(-neg_kl, rel=1e-9, abs=1e-12)
+
+
+def test_variational_kl_vanishes_as_alpha_grows_and_is_monotone() -> None:
+    grid = torch.linspace(-6, 12, 50, dtype=torch.float64)
+    kl = kl_approximation(grid)
+    assert (kl[1:] <= kl[:-1] + 1e-12).all()
+    assert float(kl[-1]) < 1e-4 and float(kl_approximation(torch.tensor(-10.0))) > 2.0
+
+
+def test_distillation_is_zero_when_student_equals_teacher() -> None:
+    logits = torch.randn(8, 10)
+    assert float(distillation_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits, logits.flip(1), 4.0)) > 0.0
+
+
+def _mlp_module(tmp_path: Path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model = builders.gemm(16, 4, trans_b=1)
+    path = builders.save(model, tmp_path / "g.onnx")
+    loaded = load_model(path, tmp_path / "w")
+    return loaded, to_torch(loaded.proto)
+
+
+def _data(n: int = 96):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    return x, (x[:, :4].argmax(1)).astype(np.int64)
+
+
+def test_cancellation_stops_within_one_batch(tmp_path: Path) -> None:
+    _, trainable = _mlp_module(tmp_path)
+    x, y = _data()
+    seen: list[int] = []
+    with pytest.raises(JobCancelled):
+        train(
+            trainable.module,
+            x,
+            y,
+            TrainConfig(epochs=3, batch_size=8),
+            progress=lambda p: seen.append(p.step),
+            should_stop=lambda: len(seen) >= 5,
+        )
+    assert len(seen) == 5  # the check before the 6th batch stopped it
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    x, y = _data()
+    config = TrainConfig(epochs=4, batch_size=16, lr=1e-2, seed=7)
+
+    def fresh():
+        loaded, trainable = _mlp_module(tmp_path / str(len(list(tmp_path.iterdir()))))
+        shapes, batch = analysis_shapes(loaded.proto)
+        views = weight_views(trainable, loaded.proto, find_layers(loaded.proto, shapes, batch))
+        return trainable, NuclearProx(trainable.module, views, strength=0.5, prox_every=3)
+
+    whole, reg = fresh()
+    train(whole.module, x, y, config, regularizer=reg)
+
+    interrupted, reg2 = fresh()
+    checkpoint = tmp_path / "ckpt.pt"
+    epochs_done: list[int] = []
+    with pytest.raises(JobCancelled):
+        train(
+            interrupted.module,
+            x,
+            y,
+            config,
+            regularizer=reg2,
+            checkpoint=checkpoint,
+            progress=lambda p: epochs_done.append(p.epoch) if p.step == p.steps else None,
+            should_stop=lambda: len(epochs_done) >= 4,
+        )  # stop after epoch 2 (two callbacks/epoch)
+    resumed, reg3 = fresh()
+    result = train(resumed.module, x, y, config, regularizer=reg3, checkpoint=checkpoint)
+    assert result.resumed_from_epoch == 2
+    for (name, a), (_, b) in zip(
+        whole.module.named_parameters(), resumed.module.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_write_back_puts_trained_weights_into_the_users_graph(tmp_path: Path) -> None:
+    loaded, trainable = _mlp_module(tmp_path)
+    x, y = _data()
+    train(trainable.module, x, y, TrainConfig(epochs=2, batch_size=16, lr=1e-2))
+    updated = write_back(trainable, loaded.proto)
+    assert [n.op_type for n in updated.graph.node] == [n.op_type for n in loaded.proto.graph.node]
+    with torch.no_grad():
+        expected = trainable.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(metrics.predict(updated, x), expected, atol=1e-5)
+
+
+def test_reshape_allowzero_is_relaxed_only_when_the_shape_has_no_zero() -> None:
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([-1, 8], np.int64), "shape")
+    node = helper.make_node("Reshape", ["X", "shape"], ["Y"], allowzero=1)
+    graph = helper.make_graph(
+        [node], "g", [builders.value("X", ["batch", 2, 4])], [builders.value("Y", ["batch", 8])], [shape]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    prepared = prepare(model)
+    assert prepared.opset_import[0].version == 17
+    assert next(a.i for a in prepared.graph.node[0].attribute if a.name == "allowzero") == 0
+    assert check_retrainable(model) == (True, "")
+
+
+def test_an_operator_without_a_converter_is_named() -> None:
+    from onnx import helper
+
+    node = helper.make_node("Det", ["X"], ["Y"])
+    graph = helper.make_graph([node], "g", [builders.value("X", [3, 3])], [builders.value("Y", [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ok, why = check_retrainable(model)
+    assert not ok and "Det" in why
+    with pytest.raises(NotRetrainable, match="Det"):
+        to_torch(model)
