@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
     sweep.add_argument("--latency", action="store_true", help="measure batch-1 latency of every point")
     sweep.add_argument("-o", "--output", type=Path, required=True, help="folder for curve.csv/json/png")
+    serve = sub.add_parser("serve", help="the API and local workers (embedded mode)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, help="local job worker processes (default MODELPRESS_WORKERS)")
+    sub.add_parser("worker", help="a Celery worker (distributed mode)")
+    key = sub.add_parser("create-key", help="create an API key for a tenant; prints it last")
+    key.add_argument("--tenant", required=True)
+    sub.add_parser("migrate", help="bring the database schema up to date")
     return parser
 
 
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compress(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command in ("serve", "worker", "create-key", "migrate"):
+            from service import server
+
+            return server.run(args)
     except ModelpressError as exc:
         print(f"modelpress: {exc.kind}: {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
@@ -217,7 +230,7 @@ def _sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    strengths = {}
+    strengths: dict[str, Sequence[float]] = {}
     for item in args.strengths:
         method, _, values = item.partition("=")
         strengths[method.strip()] = _floats(values, f"--strengths {method}")

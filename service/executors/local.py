@@ -1,0 +1,83 @@
+"""The embedded default: worker processes beside the API, claiming jobs from the database.
+
+``serve`` supervises them: a worker that dies (a crash, ``kill -9``, the OOM killer) is
+replaced, and its job is re-claimed by whichever worker sees its lease expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+
+from service.settings import Settings
+
+log = logging.getLogger("modelpress.local")
+
+
+class LocalExecutor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def submit(self, job_id: str) -> None:
+        return None  # workers poll the jobs table; nothing to send
+
+    def check(self) -> str:
+        return "ok"
+
+
+def _worker_main(settings_json: str) -> None:
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # die with serve, even when it is SIGKILLed (Linux)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    from service.logs import configure_logging
+    from service.settings import Settings
+    from service.worker import run_local_worker
+
+    configure_logging()
+    run_local_worker(Settings.model_validate_json(settings_json))
+
+
+class WorkerPool:
+    """N worker processes, restarted when they die, stopped with the server."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings, self.count = settings, count
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+        self._thread.start()
+
+    def _spawn(self) -> multiprocessing.process.BaseProcess:
+        process = self.context.Process(
+            target=_worker_main, args=(self.settings.model_dump_json(),), daemon=True
+        )
+        process.start()
+        return process
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            for i, process in enumerate(self.processes):
+                if not process.is_alive():
+                    log.warning(
+                        "worker pid %s exited with %s; starting another", process.pid, process.exitcode
+                    )
+                    self.processes[i] = self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for process in self.processes:
+            process.terminate()
+        deadline = time.monotonic() + 10
+        for process in self.processes:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()

@@ -1,0 +1,177 @@
+"""/v1/datasets: an .npz upload (never unpickled) or a built-in set."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from compressors.datasets import HOLDOUT, MAX_DATASET_BYTES
+from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from service.models import StoredDataset
+from service.problems import Problem
+from service.schemas import BuiltinDataset, DatasetRecord, Page
+from service.store import stream_to_file
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/BuiltinDataset"}},
+        },
+    }
+}
+
+
+def record(dataset: StoredDataset) -> DatasetRecord:
+    info = dataset.info
+    return DatasetRecord(
+        id=dataset.id,
+        name=dataset.name,
+        builtin=dataset.builtin,
+        sha256=dataset.sha256,
+        size_bytes=dataset.size_bytes,
+        samples=info["samples"],
+        sample_shape=info["sample_shape"],
+        labelled=info["labelled"],
+        validation_samples=info["validation_samples"],
+        created_at=dataset.created_at,
+    )
+
+
+def describe_npz(path: Path) -> dict[str, Any]:
+    """Check a .npz without unpickling and say what it holds; shape fit is checked per job."""
+    from compressors.errors import DatasetRejected
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if sum(i.file_size for i in archive.infolist()) > MAX_DATASET_BYTES:
+                raise DatasetRejected(f"the dataset unpacks to more than {MAX_DATASET_BYTES:,} bytes.")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except DatasetRejected:
+        raise
+    except ValueError as exc:
+        raise DatasetRejected(
+            "the dataset holds object arrays, which would need unpickling; store plain numeric arrays."
+        ) from exc
+    except Exception as exc:
+        raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
+    x = arrays.get("x")
+    if x is None or x.ndim < 2 or not np.issubdtype(x.dtype, np.floating) or len(x) == 0:
+        raise DatasetRejected("the .npz needs a float array 'x' shaped (N, ...) with N >= 1.")
+    for key in ("y", "y_val"):
+        if key in arrays and (arrays[key].ndim != 1 or not np.issubdtype(arrays[key].dtype, np.integer)):
+            raise DatasetRejected(f"'{key}' must be a 1-D array of integer class labels.")
+    if "y" in arrays and len(arrays["y"]) != len(x):
+        raise DatasetRejected(f"'y' has {len(arrays['y'])} labels for {len(x)} inputs; they must match.")
+    val = arrays.get("x_val")
+    return {
+        "samples": len(x),
+        "sample_shape": [int(d) for d in x.shape[1:]],
+        "labelled": "y" in arrays,
+        "validation_samples": len(val) if val is not None else round(len(x) * HOLDOUT),
+    }
+
+
+@router.post(
+    "", status_code=201, response_model=DatasetRecord, operation_id="datasets-create", openapi_extra=_BODY
+)
+async def create_dataset(
+    request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, store: StoreDep
+) -> DatasetRecord:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = BuiltinDataset.model_validate_json(await request.body())
+        except ValueError as exc:
+            raise Problem("validation-error", 'send {"builtin": "digits"} or upload an .npz file.') from exc
+        digest = hashlib.sha256(b"builtin:" + body.builtin.encode()).hexdigest()
+        dataset = StoredDataset(
+            tenant_id=tenant.id,
+            name=body.builtin,
+            builtin=body.builtin,
+            sha256=digest,
+            size_bytes=0,
+            info={"samples": 1797, "sample_shape": [64], "labelled": True, "validation_samples": 359},
+        )
+        session.add(dataset)
+        session.commit()
+        return record(dataset)
+    if not content_type.startswith("multipart/form-data"):
+        raise Problem("unsupported-media-type", "upload an .npz as multipart field 'file', or send JSON.")
+    form = await request.form(max_files=1, max_fields=0, max_part_size=settings.max_dataset_bytes)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise Problem("validation-error", "the multipart body needs a file in field 'file'.")
+    staging = Path(tempfile.mkdtemp(dir=store.tmp_dir()))
+    try:
+        target = staging / "data.npz"
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            while chunk := await upload.read(1 << 20):
+                yield chunk
+
+        size = await stream_to_file(chunks(), target, settings.max_dataset_bytes)
+        info = await run_in_threadpool(describe_npz, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        dataset = StoredDataset(
+            tenant_id=tenant.id,
+            name=Path(upload.filename or "data.npz").name[:300],
+            builtin=None,
+            sha256=digest,
+            size_bytes=size,
+            info=info,
+        )
+        session.add(dataset)
+        session.flush()
+        store.publish(target, store.folder(tenant.id, "datasets", dataset.id) / "data.npz")
+        session.commit()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        await form.close()
+    return record(dataset)
+
+
+@router.get("", response_model=Page[DatasetRecord], operation_id="datasets-list")
+def list_datasets(
+    tenant: CurrentTenant,
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[DatasetRecord]:
+    rows = session.scalars(
+        select(StoredDataset)
+        .where(StoredDataset.tenant_id == tenant.id)
+        .order_by(StoredDataset.created_at, StoredDataset.id)
+        .offset(offset)
+        .limit(limit + 1)
+    ).all()
+    return Page(
+        items=[record(d) for d in rows[:limit]], next_offset=offset + limit if len(rows) > limit else None
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetRecord, operation_id="datasets-get")
+def get_dataset(dataset_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> DatasetRecord:
+    dataset = session.get(StoredDataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant.id:
+        raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
+    return record(dataset)

@@ -1,0 +1,247 @@
+"""/v1/jobs and /v1/sweeps: submit (idempotent), follow, cancel, fetch the results."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import session_scope
+from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant
+from service.problems import Problem
+from service.schemas import JobCreate, JobRecord, Page, Progress, SweepCreate
+from service.store import ARTIFACT_NAMES, ArtifactStore
+
+router = APIRouter(tags=["jobs"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def record(job: Job, store: ArtifactStore) -> JobRecord:
+    folder = store.folder(job.tenant_id, "jobs", job.id)
+    artifacts = [n for n in ARTIFACT_NAMES if (folder / n).exists()] if job.status == "succeeded" else []
+    return JobRecord(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        model_id=job.model_id,  # type: ignore[arg-type]
+        dataset_id=job.dataset_id,
+        spec=job.spec,
+        progress=Progress(**(job.progress or {})),
+        error=job.error,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        artifacts=artifacts,
+    )
+
+
+def _owned(session: Session, tenant: Tenant, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant.id:
+        raise Problem("not-found", f"no job '{job_id}' in your account.")
+    return job
+
+
+def _create(
+    request: Request, session: Session, tenant: Tenant, kind: str, body: dict[str, Any], key: str | None
+) -> tuple[Job, bool]:
+    """Insert a job, or return the one this Idempotency-Key already made (same body only)."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    if key:
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+        if existing is not None:
+            if existing.request_hash != digest or existing.kind != kind:
+                raise Problem(
+                    "idempotency-conflict",
+                    "this Idempotency-Key was used with a different request; use a new key.",
+                )
+            return existing, False
+    model = session.get(StoredModel, body["model_id"])
+    if model is None or model.tenant_id != tenant.id:
+        raise Problem("not-found", f"no model '{body['model_id']}' in your account.")
+    dataset_id = body.get("dataset_id")
+    if dataset_id is not None:
+        dataset = session.get(StoredDataset, dataset_id)
+        if dataset is None or dataset.tenant_id != tenant.id:
+            raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
+    spec = {k: v for k, v in body.items() if k not in ("model_id", "dataset_id")}
+    job = Job(
+        tenant_id=tenant.id,
+        kind=kind,
+        model_id=body["model_id"],
+        dataset_id=dataset_id,
+        spec=spec,
+        idempotency_key=key,
+        request_hash=digest,
+        progress={"stage": "queued", "fraction": 0.0},
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        return _create(request, session, tenant, kind, body, key)
+    request.app.state.executor.submit(job.id)
+    return job, True
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobRecord, operation_id="jobs-create")
+def create_job(
+    request: Request,
+    body: JobCreate,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRecord:
+    job, _ = _create(request, session, tenant, "job", body.model_dump(mode="json"), idempotency_key)
+    return record(job, store)
+
+
+@router.post("/v1/sweeps", status_code=202, response_model=JobRecord, operation_id="sweeps-create")
+def create_sweep(
+    request: Request,
+    body: SweepCreate,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRecord:
+    job, _ = _create(request, session, tenant, "sweep", body.model_dump(mode="json"), idempotency_key)
+    return record(job, store)
+
+
+@router.get("/v1/jobs", response_model=Page[JobRecord], operation_id="jobs-list")
+def list_jobs(
+    tenant: CurrentTenant,
+    session: ReadSessionDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
+) -> Page[JobRecord]:
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
+    ).all()
+    return Page(
+        items=[record(j, store) for j in rows[:limit]],
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobRecord, operation_id="jobs-get")
+def get_job(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep) -> JobRecord:
+    return record(_owned(session, tenant, job_id), store)
+
+
+@router.get("/v1/sweeps/{job_id}", response_model=JobRecord, operation_id="sweeps-get")
+def get_sweep(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep) -> JobRecord:
+    job = _owned(session, tenant, job_id)
+    if job.kind != "sweep":
+        raise Problem("not-found", f"'{job_id}' is a job, not a sweep; GET /v1/jobs/{job_id}.")
+    return record(job, store)
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobRecord, operation_id="jobs-cancel"
+)
+def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> JobRecord:
+    job = _owned(session, tenant, job_id)
+    if job.status == "queued":
+        job.status, job.progress = "cancelled", {"stage": "cancelled"}
+    elif job.status == "running":
+        job.cancel_requested = True  # the worker stops before its next training step
+    session.commit()
+    return record(job, store)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    operation_id="jobs-events",
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "server-sent events: `progress` while running, then one `end`",
+        }
+    },
+)
+async def job_events(
+    job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
+) -> StreamingResponse:
+    with session_scope(settings.db_url, readonly=True) as session:
+        _owned(session, tenant, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last = None
+        while not await request.is_disconnected():
+            with session_scope(settings.db_url, readonly=True) as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                data = record(job, store).model_dump_json()
+                status = job.status
+            if data != last:
+                last = data
+                yield f"event: progress\ndata: {data}\n\n"
+            if status in TERMINAL:
+                yield f"event: end\ndata: {data}\n\n"
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _artifact(job: Job, store: ArtifactStore, name: str) -> FileResponse:
+    if name not in ARTIFACT_NAMES:
+        raise Problem("not-found", f"no artifact '{name}'; artifacts are {', '.join(ARTIFACT_NAMES)}.")
+    if job.status != "succeeded":
+        raise Problem("not-ready", f"job '{job.id}' is {job.status}; artifacts appear when it succeeds.")
+    path = store.folder(job.tenant_id, "jobs", job.id) / name
+    if not path.exists():
+        raise Problem("not-found", f"job '{job.id}' has no '{name}' (a {job.kind} does not make one).")
+    media = {
+        "onnx": "application/octet-stream",
+        "json": "application/json",
+        "png": "image/png",
+        "csv": "text/csv",
+    }[name.rsplit(".", 1)[1]]
+    return FileResponse(path, media_type=media, filename=name)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/report",
+    operation_id="jobs-report",
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+)
+def job_report(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep) -> FileResponse:
+    return _artifact(_owned(session, tenant, job_id), store, "report.json")
+
+
+@router.get(
+    "/v1/jobs/{job_id}/artifacts/{name}",
+    operation_id="jobs-artifact",
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+def job_artifact(
+    job_id: str, name: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep
+) -> FileResponse:
+    return _artifact(_owned(session, tenant, job_id), store, name)

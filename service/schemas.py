@@ -1,0 +1,147 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.spec import (
+    GroupLassoSpec,
+    L1Spec,
+    L2Spec,
+    NuclearSpec,
+    PruneSpec,
+    SvdSpec,
+    VariationalSpec,
+)
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_offset: int | None = Field(None, description="pass as ?offset= for the next page; null at the end")
+
+
+class ModelRecord(BaseModel):
+    id: str
+    filename: str
+    sha256: str
+    size_bytes: int
+    params: int
+    macs: int
+    opset: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    eligible_layers: list[str]
+    layers: list[dict[str, Any]]
+    retrainable: bool
+    retrainable_reason: str
+    created_at: datetime
+
+
+class DatasetRecord(BaseModel):
+    id: str
+    name: str
+    builtin: str | None
+    sha256: str
+    size_bytes: int
+    samples: int
+    sample_shape: list[int | str]
+    labelled: bool
+    validation_samples: int
+    created_at: datetime
+
+
+class BuiltinDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["digits"]
+
+
+class _Target(BaseModel):
+    model_id: str = Field(min_length=1, max_length=40)
+    dataset_id: str | None = Field(None, max_length=40)
+
+
+class SvdJob(SvdSpec, _Target):
+    pass
+
+
+class NuclearJob(NuclearSpec, _Target):
+    pass
+
+
+class L2Job(L2Spec, _Target):
+    pass
+
+
+class GroupLassoJob(GroupLassoSpec, _Target):
+    pass
+
+
+class L1Job(L1Spec, _Target):
+    pass
+
+
+class PruneJob(PruneSpec, _Target):
+    pass
+
+
+class VariationalJob(VariationalSpec, _Target):
+    pass
+
+
+JobCreate = Annotated[
+    SvdJob | NuclearJob | L2Job | GroupLassoJob | L1Job | PruneJob | VariationalJob,
+    Field(discriminator="method"),
+]
+
+
+class SweepTraining(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65536)
+    finetune_epochs: int = Field(0, ge=0, le=1000)
+
+
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_id: str = Field(min_length=1, max_length=40)
+    dataset_id: str = Field(min_length=1, max_length=40)
+    methods: list[Literal["svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune"]] = Field(
+        min_length=1, max_length=7
+    )
+    targets: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(None, min_length=1, max_length=20)
+    strengths: dict[str, list[Annotated[float, Field(ge=0, le=1e6)]]] = Field(default_factory=dict)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=5
+    )
+    training: SweepTraining = Field(default_factory=SweepTraining)
+    latency: bool = False
+
+
+class Progress(BaseModel):
+    stage: str | None = None
+    fraction: float | None = None
+    epoch: int | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: Literal["job", "sweep"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_id: str
+    dataset_id: str | None
+    spec: dict[str, Any]
+    progress: Progress
+    error: dict[str, Any] | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    artifacts: list[str] = Field(default_factory=list, description="names for /artifacts/{name}")

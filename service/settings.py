@@ -1,0 +1,62 @@
+"""Settings from the environment (``MODELPRESS_`` prefix), checked at start-up.
+
+The defaults run everything on one machine with nothing else installed: SQLite and an
+artifact folder under ``MODELPRESS_DATA_DIR``, local worker processes. Combinations that
+would lose jobs or leak data are refused before the server starts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELPRESS_", extra="ignore")
+
+    data_dir: Path = Field(Path("modelpress-data"), description="SQLite file and artifacts (embedded mode)")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    executor: Literal["local", "celery"] = "local"
+    broker_url: str | None = Field(None, description="Celery broker (redis:// or amqp://)")
+    workers: int = Field(1, ge=0, le=64, description="local worker processes started by serve")
+    max_model_bytes: int = Field(2 * GiB, ge=1)
+    max_dataset_bytes: int = Field(1 * GiB, ge=1)
+    max_attempts: int = Field(3, ge=1, le=20, description="runs of a job before it is failed")
+    lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
+    job_timeout_seconds: float = Field(6 * 3600.0, gt=0, description="longest job; Celery visibility timeout")
+    crash_on_stage: str | None = Field(None, description="testing only: kill the worker at this stage")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'modelpress.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.executor == "celery":
+            if not self.broker_url:
+                raise ValueError(
+                    "MODELPRESS_EXECUTOR=celery needs MODELPRESS_BROKER_URL (redis:// or amqp://)"
+                )
+            if self.db_url.startswith("sqlite"):
+                raise ValueError(
+                    "MODELPRESS_EXECUTOR=celery needs a shared database: "
+                    "set MODELPRESS_DATABASE_URL to PostgreSQL"
+                )
+        if self.lease_seconds * 2 > self.job_timeout_seconds:
+            raise ValueError("MODELPRESS_JOB_TIMEOUT_SECONDS must exceed twice MODELPRESS_LEASE_SECONDS")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
