@@ -84,17 +84,18 @@ def execute(settings: Settings, job: Job, owner: str) -> str:
 
         def progress(p: Progress) -> None:
             nonlocal last_write
-            if settings.crash_on_stage and p.stage == settings.crash_on_stage:
-                os._exit(137)  # testing knob: a worker that dies here every time
             now = time.monotonic()
             if p.stage in ("train", "finetune") and now - last_write < 0.5:
                 return  # keep the database quiet; stage changes always go through
             last_write = now
             queue.record_progress(settings, job.id, owner, _progress_dict(p))
+            if settings.crash_on_stage and p.stage == settings.crash_on_stage:
+                os._exit(137)  # testing knob: a worker that dies here every time
 
         try:
             model_path, data = _inputs(settings, store, job)
             work = folder / "work"
+            shutil.rmtree(work, ignore_errors=True)  # a dead attempt's scratch; checkpoints are kept
             if job.kind == "sweep":
                 from service.sweeps import run_sweep
 

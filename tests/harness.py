@@ -93,7 +93,15 @@ class Service:
         """PIDs of the local worker processes (children of serve)."""
         assert self.process is not None
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+        pids = []
+        for pid in out.split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:  # not multiprocessing's resource tracker
+                pids.append(int(pid))
+        return pids
 
     def kill_tree(self) -> None:
         """``kill -9`` of serve and every process it started."""

@@ -10,8 +10,10 @@ here thresholds through the eigendecomposition of the smaller Gram matrix G = W 
 WᵀW): G = U Σ² Uᵀ, and U diag(max(σ − τ, 0)/σ) Uᵀ W equals the SVT of W. Matrices of one
 shape are stacked and decomposed in one batched fp64 ``eigh``. The prox then runs every k
 steps, with k chosen from measured times so that prox time ≤ ``overhead`` (10%) of
-training time (``prox_every`` fixes k instead); the threshold covers the k steps it stands
-for. After training, layers are truncated by the shared rank rule (energy or target).
+training time (``prox_every`` fixes k instead): the first prox waits for three measured
+steps, then k = ⌈prox time / (0.1 · median step time)⌉. The threshold covers the k steps
+it stands for, so the total shrinkage per epoch does not depend on k. After training,
+layers are truncated by the shared rank rule (energy or target).
 """
 
 from __future__ import annotations
@@ -87,12 +89,15 @@ class NuclearProx:
     def after_step(self, step: int, lr: float) -> None:
         now = time.perf_counter()
         self._step_times.append(now - self._step_clock)
-        if step - self.last >= self.every:
+        # with an adaptive interval, the first prox waits until three step times are known
+        warming = self.fixed is None and len(self._step_times) < 3
+        if not warming and step - self.last >= self.every:
             self.prox(lr * self.strength * (step - self.last))
             self.last = step
             self._prox_seconds = time.perf_counter() - now
-            if self.fixed is None and len(self._step_times) >= 3:
-                step_time = sorted(self._step_times[-20:])[len(self._step_times[-20:]) // 2]
+            if self.fixed is None:
+                recent = sorted(self._step_times[-20:])
+                step_time = recent[len(recent) // 2]
                 self.every = max(1, math.ceil(self._prox_seconds / (self.overhead * max(step_time, 1e-9))))
         self._step_clock = time.perf_counter()
 
@@ -106,13 +111,18 @@ class NuclearProx:
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
+        """Once per epoch: ‖W‖* and the share of rank holding 90% of the energy, from the
+        eigenvalues of the stacked Gram matrices (σ² = eig(W Wᵀ)), as cheap as one prox."""
         norm = kept = full = 0.0
-        for view in self.views:
-            sigma = torch.linalg.svdvals(view.matrix(self.params[view.param].detach()).double())
-            norm += float(sigma.sum())
-            energy = torch.cumsum(sigma**2, 0) / (sigma**2).sum().clamp_min(1e-30)
-            kept += int((energy < 0.9).sum()) + 1
-            full += len(sigma)
+        for group in self.groups:
+            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group]).double()
+            wide = stacked.shape[-2] <= stacked.shape[-1]
+            gram = stacked @ stacked.transpose(-1, -2) if wide else stacked.transpose(-1, -2) @ stacked
+            squares = torch.linalg.eigvalsh(gram).clamp_min(0).flip(-1)  # σ², descending
+            norm += float(squares.sqrt().sum())
+            energy = torch.cumsum(squares, -1) / squares.sum(-1, keepdim=True).clamp_min(1e-30)
+            kept += float(((energy < 0.9).sum(-1) + 1).sum())
+            full += squares.numel()
         return {
             "nuclear_norm": norm,
             "regularizer": self.strength * norm,
