@@ -77,6 +77,18 @@ def claim(settings: Settings, owner: str, job_id: str | None = None) -> Job | No
             return None
 
 
+def lease_left(settings: Settings, job_id: str) -> float | None:
+    """Seconds until the lease on a running job runs out (0 when it has); None when the job
+    is not running, or is being cancelled, so no worker will need to take it over."""
+    with session_scope(settings.db_url, readonly=True) as session:
+        expires = session.scalar(
+            select(Job.lease_expires).where(
+                Job.id == job_id, Job.status == "running", Job.cancel_requested.is_(False)
+            )
+        )
+    return None if expires is None else max(0.0, (expires - utcnow()).total_seconds())
+
+
 def heartbeat(settings: Settings, job_id: str, owner: str) -> tuple[bool, bool]:
     """Renew the lease; returns (still ours, cancel requested)."""
     with session_scope(settings.db_url) as session:

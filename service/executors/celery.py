@@ -4,7 +4,8 @@ A task carries only the job id. Late acks with ``reject_on_worker_lost`` return 
 the broker when its worker dies; the visibility timeout (Redis) sits above the longest job
 so a slow job is not delivered twice. Attempts are counted in the database when a worker
 claims the job, so a redelivered task cannot run a job twice at once (the lease) or loop
-forever (``max_attempts``).
+forever (``max_attempts``). A task that finds its job leased to another worker retries when
+that lease ends, so a job whose worker died is taken over rather than dropped.
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ def run_job_task(task, job_id: str) -> str:  # type: ignore[no-untyped-def]
     owner = worker_name()
     job = queue.claim(settings, owner, job_id)
     if job is None:
-        log.info("job %s is not claimable (done, cancelled, or running elsewhere)", job_id)
+        left = queue.lease_left(settings, job_id)
+        if left is not None:
+            # leased to another worker; if that worker died, its task was redelivered at once,
+            # before the lease ran out: come back then, and take the job over if it is still
+            # abandoned (acking now would leave it "running" for ever)
+            log.info("job %s is running under another lease; retrying in %.0f s", job_id, left + 1)
+            raise task.retry(countdown=left + 1)
+        log.info("job %s is not claimable (finished or cancelled)", job_id)
         return "skipped"
     status = execute(settings, job, owner)
     if status == "lost":
