@@ -1,37 +1,48 @@
 # Each target installs what it needs first. `make install` is idempotent and instant when
-# .venv is current (a stamp file newer than pyproject.toml and constraints.txt).
+# .venv is current (a stamp file newer than the files that pin the environment).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PIP_QUIET := -q --disable-pip-version-check
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install run test lint bench demo clean
+.PHONY: install run test lint unit bench demo openapi clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import compressors, service, torch, torchvision, onnx2torch"
+	$(PIP) install -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -c constraints.txt -e clients/python 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import compressors, service, modelpress_client, torch, torchvision, onnx2torch"
 	touch $(STAMP)
 
 run: install
-	$(BIN)/python examples/digits_model.py build
-	$(BIN)/modelpress inspect build/digits_mlp.onnx
-	$(BIN)/modelpress compress build/digits_mlp.onnx --method svd --target-macs 0.25 --data digits \
-		-o build/digits_mlp.svd.onnx --report build/report.json
+	$(BIN)/modelpress serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check compressors service tests bench examples
-	$(BIN)/ruff format --check compressors service tests bench examples
+	$(BIN)/ruff check compressors service clients tests bench examples
+	$(BIN)/ruff format --check compressors service clients tests bench examples
 	$(BIN)/mypy
+	cd clients/python && ../../$(BIN)/mypy
 
 test: lint
+	$(BIN)/python tests/services.py
 	$(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python bench/factorize.py
+	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/review.py
+	$(BIN)/python bench/service.py
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+openapi: install
+	$(BIN)/python -m service.openapi_export
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

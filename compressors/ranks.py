@@ -74,6 +74,7 @@ class LayerBudget:
     cost_per_rank: int  # params or MACs added by one more rank
     dense_cost: int  # params or MACs of the layer left dense
     full_rank: int
+    multiple: int = 1  # ranks move in steps of this (a hardware-friendly channel block)
 
 
 def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | None]:
@@ -82,29 +83,30 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
     The rule is the greedy of Zhang, Zou, He & Sun, "Accelerating Very Deep Convolutional
     Networks for Classification and Detection" (TPAMI 2016, §3.4): maximize the product of
     the layers' retained energies, Π_l E_l(r_l), i.e. Σ_l log E_l(r_l), under a cost
-    constraint. Because σ is sorted, each layer's marginal gain log E(r+1) − log E(r) falls
+    constraint. Because σ is sorted, each layer's marginal gain log E(r+s) − log E(r) falls
     as r grows, so taking the step with the largest gain per unit of cost first, while it
-    fits, is the natural greedy for this concave knapsack. Every layer starts at rank 1 (the
-    log objective forbids rank 0). Reaching the break-even rank turns a layer back to dense:
-    that last step costs ``dense_cost − r·cost_per_rank`` and gains the remaining energy.
-    Steps that no longer fit are skipped, not stopped at, so smaller steps of other layers
-    still fill the budget; a last step is taken when it lands nearer the budget than
-    stopping does, so the total misses it by at most half of one layer's rank step.
+    fits, is the natural greedy for this concave knapsack. Every layer starts at its first
+    step (the log objective forbids rank 0); a step is ``multiple`` ranks. Reaching the
+    break-even rank turns a layer back to dense: that last step costs
+    ``dense_cost − r·cost_per_rank`` and gains the remaining energy. Steps that no longer
+    fit are skipped, not stopped at, so smaller steps of other layers still fill the budget;
+    a last step is taken when it lands nearer the budget than stopping does, so the total
+    misses it by at most half of one layer's step.
     """
-    ranks = [1] * len(layers)
-    spent = float(sum(layer.cost_per_rank for layer in layers))
+    ranks = [_first(layer) for layer in layers]
+    spent = float(sum(r * layer.cost_per_rank for r, layer in zip(ranks, layers, strict=True)))
     if spent > budget:
         raise InvalidSpec(
-            "the target is below what rank 1 in every factorizable layer costs; ask for a larger ratio."
+            "the target is below what the smallest rank in every factorizable layer costs; "
+            "ask for a larger ratio."
         )
     fractions = [energy_fractions(layer.singular_values) for layer in layers]
     heap: list[tuple[float, int]] = []
 
     def push(i: int) -> None:
-        layer, r = layers[i], ranks[i]
-        if r >= layer.full_rank:
+        if ranks[i] >= layers[i].full_rank:
             return
-        step, gain = _next_step(layer, fractions[i], r)
+        step, gain, _ = _next_step(layers[i], fractions[i], ranks[i])
         if step > 0:
             heapq.heappush(heap, (-gain / step, i))
 
@@ -113,19 +115,23 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
     dense: set[int] = set()
     while heap:
         _, i = heapq.heappop(heap)
-        layer, r = layers[i], ranks[i]
-        step, _ = _next_step(layer, fractions[i], r)
+        step, _, target = _next_step(layers[i], fractions[i], ranks[i])
         if spent + step > budget:
             continue
         spent += step
-        if (r + 1) * layer.cost_per_rank >= layer.dense_cost:
-            ranks[i] = layer.full_rank
+        if target is None:
+            ranks[i] = layers[i].full_rank
             dense.add(i)
             continue
-        ranks[i] = r + 1
+        ranks[i] = target
         push(i)
     _round_to_nearest(layers, fractions, ranks, dense, budget - spent)
     return [None if i in dense else ranks[i] for i in range(len(layers))]
+
+
+def _first(layer: LayerBudget) -> int:
+    start = min(layer.multiple, layer.full_rank)
+    return start if start * layer.cost_per_rank < layer.dense_cost else 1
 
 
 def _round_to_nearest(
@@ -141,20 +147,28 @@ def _round_to_nearest(
     for i, layer in enumerate(layers):
         if i in dense or ranks[i] >= layer.full_rank:
             continue
-        step, _ = _next_step(layer, fractions[i], ranks[i])
+        step, _, _ = _next_step(layer, fractions[i], ranks[i])
         if step > 0 and abs(left - step) < best_gap:
             best, best_gap = i, abs(left - step)
     if best is None:
         return
-    layer = layers[best]
-    if (ranks[best] + 1) * layer.cost_per_rank >= layer.dense_cost:
+    _, _, target = _next_step(layers[best], fractions[best], ranks[best])
+    if target is None:
         dense.add(best)
-    ranks[best] += 1
+        ranks[best] = layers[best].full_rank
+    else:
+        ranks[best] = target
 
 
-def _next_step(layer: LayerBudget, fractions: np.ndarray, r: int) -> tuple[float, float]:
-    """(cost, gain in log energy) of raising the rank from r by one, or of going dense."""
+def _next_step(layer: LayerBudget, fractions: np.ndarray, r: int) -> tuple[float, float, int | None]:
+    """(cost, gain in log energy, new rank or None for dense) of the layer's next step."""
     current = max(float(fractions[r - 1]), 1e-300)
-    if (r + 1) * layer.cost_per_rank >= layer.dense_cost:
-        return layer.dense_cost - r * layer.cost_per_rank, -math.log(current)
-    return layer.cost_per_rank, math.log(max(float(fractions[r]), 1e-300) / current)
+    multiple = max(layer.multiple, 1)
+    target = min((r // multiple + 1) * multiple, layer.full_rank)
+    if target * layer.cost_per_rank >= layer.dense_cost:
+        return layer.dense_cost - r * layer.cost_per_rank, -math.log(current), None
+    return (
+        (target - r) * layer.cost_per_rank,
+        math.log(max(float(fractions[target - 1]), 1e-300) / current),
+        target,
+    )

@@ -8,7 +8,7 @@ import pytest
 from compressors.errors import InvalidSpec
 from compressors.inspection import analysis_shapes
 from compressors.lowrank import factorize
-from compressors.ranks import LayerBudget, Target, allocate_ranks, break_even_rank, truncate_to_energy
+from compressors.ranks import Energy, LayerBudget, Target, allocate_ranks, break_even_rank, truncate_to_energy
 from tests import builders
 
 
@@ -64,3 +64,17 @@ def test_unreachable_target_says_why() -> None:
     shapes, batch = analysis_shapes(depthwise)
     with pytest.raises(InvalidSpec, match="cannot be factorized"):
         factorize(depthwise, shapes, Target(0.5, "macs"), batch)
+
+
+def test_conv_ranks_move_in_blocks_of_eight() -> None:
+    # energy: rounded up to the block
+    conv = builders.conv(64, 128, (3, 3), (32, 32), pads=(1, 1, 1, 1))
+    shapes, batch = analysis_shapes(conv)
+    (layer,) = factorize(conv, shapes, Energy(0.7), batch).layers
+    assert layer.rank is not None and layer.rank % 8 == 0
+    # targets: every step is a block, when the model has enough layers to fill the budget finely
+    rng = np.random.default_rng(0)
+    layers = [LayerBudget(np.sort(rng.random(256))[::-1], 100, 256 * 256, 256, multiple=8) for _ in range(20)]
+    ranks = allocate_ranks(layers, budget=0.3 * 20 * 256 * 256)
+    assert all(r is not None and r % 8 == 0 for r in ranks)
+    assert abs(sum(r * 100 for r in ranks if r) - 0.3 * 20 * 256 * 256) <= 0.02 * 20 * 256 * 256

@@ -1,0 +1,92 @@
+"""``Client``: the entry point of the SDK."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import httpx
+
+from modelpress_client import errors
+from modelpress_client._http import Transport, configure_logging
+from modelpress_client._version import __version__
+from modelpress_client.resources import Datasets, Jobs, Models, Sweeps
+
+DEFAULT_URL = "http://127.0.0.1:8000"  # where `modelpress serve` listens by default
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+DEFAULT_MAX_RETRIES = 2
+
+
+class Client:
+    """A connection to a modelpress server.
+
+    ``url`` and ``token`` default to ``MODELPRESS_URL`` and ``MODELPRESS_TOKEN``. Failed
+    requests are retried ``max_retries`` times (connection errors, timeouts, 408/409/429/5xx)
+    with jittered exponential backoff, honouring ``Retry-After``. Set ``MODELPRESS_LOG=debug``
+    to log every request to stderr.
+
+    Example::
+
+        with Client() as client:
+            model = client.models.upload("model.onnx")
+            job = client.jobs.create(model.id, "svd", rank={"target_macs": 0.5})
+            job = client.jobs.wait(job.id, progress=True)
+    """
+
+    models: Models
+    datasets: Datasets
+    jobs: Jobs
+    sweeps: Sweeps
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        configure_logging()
+        self.url = (url or os.environ.get("MODELPRESS_URL") or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get("MODELPRESS_TOKEN")
+        if not token:
+            raise errors.ConfigurationError(
+                "no API token: pass token= or set MODELPRESS_TOKEN (create one with `modelpress create-key`)."
+            )
+        if max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
+        self.max_retries = max_retries
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "User-Agent": f"modelpress-client/{__version__}",
+        }
+        if http_client is None:
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        else:  # e.g. a custom transport or proxy; our headers and base URL still apply
+            http_client.base_url = httpx.URL(self.url)
+            http_client.headers.update(headers)
+            self._http = http_client
+        self._transport = Transport(self._http, max_retries)
+        self.models = Models(self._transport)
+        self.datasets = Datasets(self._transport)
+        self.jobs = Jobs(self._transport)
+        self.sweeps = Sweeps(self._transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r})"

@@ -1,0 +1,377 @@
+"""``client.models``, ``client.datasets``, ``client.jobs`` and ``client.sweeps``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from modelpress_client import errors
+from modelpress_client._http import Transport, backoff, log, retry_after
+from modelpress_client.types import Dataset, Job, Model, Page
+
+R = TypeVar("R", bound=BaseModel)
+
+DEFAULT_POLL_INTERVAL = 1.0  # seconds between GETs when the event stream is unavailable
+SSE_IDLE = 60.0  # reconnect the event stream after this long without an event
+
+
+def _page(transport: Transport, path: str, record: type[R], params: dict[str, Any]) -> Page[R]:
+    query = {k: v for k, v in params.items() if v is not None}
+    return Page[record].model_validate(transport.request("GET", path, params=query).json())  # type: ignore[valid-type]
+
+
+def _iterate(fetch: Callable[[int], Page[R]]) -> Iterator[R]:
+    offset: int | None = 0
+    while offset is not None:
+        page = fetch(offset)
+        yield from page.items
+        offset = page.next_offset
+
+
+class Models:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def upload(self, path: str | os.PathLike[str]) -> Model:
+        """Upload an ``.onnx`` file, or a ``.zip`` of one ``.onnx`` and its external data."""
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no model file at {source}")
+        response = self._t.request("POST", "/v1/models", upload=("file", source), timeout=_upload_timeout())
+        return Model.model_validate(response.json())
+
+    def get(self, model_id: str) -> Model:
+        return Model.model_validate(self._t.request("GET", f"/v1/models/{model_id}").json())
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> Page[Model]:
+        return _page(self._t, "/v1/models", Model, {"limit": limit, "offset": offset})
+
+    def iter(self) -> Iterator[Model]:
+        """Every model in the account, page by page."""
+        return _iterate(lambda offset: self.list(limit=200, offset=offset))
+
+
+class Datasets:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def upload(self, path: str | os.PathLike[str]) -> Dataset:
+        """Upload an ``.npz`` with ``x`` (and optionally ``y``, ``x_val``, ``y_val``)."""
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no dataset file at {source}")
+        response = self._t.request("POST", "/v1/datasets", upload=("file", source), timeout=_upload_timeout())
+        return Dataset.model_validate(response.json())
+
+    def builtin(self, name: str = "digits") -> Dataset:
+        """A dataset the server ships with (``digits``: scikit-learn's 8×8 handwritten digits)."""
+        return Dataset.model_validate(self._t.request("POST", "/v1/datasets", json={"builtin": name}).json())
+
+    def get(self, dataset_id: str) -> Dataset:
+        return Dataset.model_validate(self._t.request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> Page[Dataset]:
+        return _page(self._t, "/v1/datasets", Dataset, {"limit": limit, "offset": offset})
+
+    def iter(self) -> Iterator[Dataset]:
+        return _iterate(lambda offset: self.list(limit=200, offset=offset))
+
+
+def _upload_timeout() -> httpx.Timeout:
+    # the server validates a model before answering; a large one takes a while
+    return httpx.Timeout(30.0, read=600.0, write=600.0)
+
+
+def _submit(transport: Transport, path: str, body: dict[str, Any], key: str | None) -> Job:
+    # one key per submission, reused by every retry of it (see _http.Transport)
+    headers = {"Idempotency-Key": key or f"mpc-{uuid.uuid4().hex}"}
+    return Job.model_validate(transport.request("POST", path, json=body, headers=headers).json())
+
+
+class Jobs:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def create(
+        self,
+        model_id: str,
+        method: str,
+        dataset_id: str | None = None,
+        *,
+        rank: Mapping[str, float] | None = None,
+        training: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a compression job; returns it queued.
+
+        ``rank`` is one of ``{"energy": e}``, ``{"target_macs": r}``, ``{"target_params": r}``;
+        ``training`` and ``evaluation`` take the keys of the job spec (``epochs``, ``strength``,
+        ``finetune_epochs``, ... / ``latency``, ``threads``, ``batches``). Omitted parts keep the
+        server's per-method defaults.
+        """
+        body: dict[str, Any] = {"model_id": model_id, "method": method}
+        if dataset_id is not None:
+            body["dataset_id"] = dataset_id
+        for key, value in (("rank", rank), ("training", training), ("evaluation", evaluation)):
+            if value is not None:
+                body[key] = dict(value)
+        return _submit(self._t, "/v1/jobs", body, idempotency_key)
+
+    def get(self, job_id: str) -> Job:
+        return Job.model_validate(self._t.request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> Page[Job]:
+        """Newest first; ``status`` filters (queued, running, succeeded, failed, cancelled)."""
+        return _page(self._t, "/v1/jobs", Job, {"status": status, "limit": limit, "offset": offset})
+
+    def iter(self, *, status: str | None = None) -> Iterator[Job]:
+        return _iterate(lambda offset: self.list(status=status, limit=200, offset=offset))
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask the job to stop: a queued one is cancelled at once, a running one before its next step."""
+        return Job.model_validate(self._t.request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        """The report of a succeeded job (``before``, ``after``, ``ratios``, ``layers``, ...)."""
+        report: dict[str, Any] = self._t.request("GET", f"/v1/jobs/{job_id}/report").json()
+        return report
+
+    def download(
+        self,
+        job_id: str,
+        name: str = "model.onnx",
+        path: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Write artifact ``name`` (model.onnx, report.json, curve.csv, curve.png) to ``path``.
+
+        ``path`` defaults to ``./name``; a folder gets ``name`` inside it. The file appears
+        whole or not at all: it is written to a temporary file beside it and renamed.
+        """
+        target = Path(path) if path is not None else Path(name)
+        if target.is_dir():
+            target = target / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        retry = 0
+        while True:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            try:
+                with (
+                    os.fdopen(fd, "wb") as out,
+                    self._t.stream(
+                        "GET",
+                        f"/v1/jobs/{job_id}/artifacts/{name}",
+                        timeout=httpx.Timeout(30.0, read=300.0),
+                    ) as response,
+                ):
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+                return target
+            except httpx.TransportError as exc:  # the body broke off: start the file again
+                _unlink(tmp)
+                if retry >= self._t.max_retries:
+                    raise errors.APIConnectionError(
+                        None, f"the download of {name} from {job_id} broke off ({exc}); try again."
+                    ) from exc
+                self._t.sleep(backoff(retry))
+                retry += 1
+            except BaseException:
+                _unlink(tmp)
+                raise
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Block until the job succeeds, fails or is cancelled, and return it in that state.
+
+        Follows the server's event stream; if the stream is unavailable it polls the job every
+        ``poll_interval`` seconds (or as the server's ``Retry-After`` says). ``progress=True``
+        draws a progress bar on stderr; ``on_update`` sees every new state. Raises
+        :class:`~modelpress_client.errors.WaitTimeout` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _ProgressBar(job_id) if progress else None
+
+        last: list[Job] = []
+
+        def seen(job: Job) -> None:
+            if last and last[0] == job:
+                return  # the end event repeats the last progress event; so does a reconnect
+            last[:] = [job]
+            if bar is not None:
+                bar.update(job)
+            if on_update is not None:
+                on_update(job)
+
+        try:
+            job = self._follow_events(job_id, deadline, seen)
+            while job is None or not job.done:
+                job, hint = self._poll(job_id)
+                seen(job)
+                if job.done:
+                    break
+                remaining = float("inf") if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.WaitTimeout(job_id, timeout or 0.0, job.status)
+                time.sleep(min(poll_interval if hint is None else hint, remaining))
+            return job
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _poll(self, job_id: str) -> tuple[Job, float | None]:
+        response = self._t.request("GET", f"/v1/jobs/{job_id}")
+        return Job.model_validate(response.json()), retry_after(response)
+
+    def _follow_events(self, job_id: str, deadline: float | None, seen: Callable[[Job], None]) -> Job | None:
+        """The job in a terminal state, read from the event stream; None if the stream failed
+        (the caller then polls). 401/404 and other refusals are raised, not papered over."""
+        while True:
+            idle = SSE_IDLE if deadline is None else max(0.01, min(SSE_IDLE, deadline - time.monotonic()))
+            try:
+                with self._t.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers={"Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(30.0, read=idle),
+                    max_retries=0,
+                ) as response:
+                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                        log.debug("events of %s: not an event stream; polling instead", job_id)
+                        return None
+                    for event, data in _sse(response.iter_lines()):
+                        if event not in ("progress", "end"):
+                            continue
+                        job = Job.model_validate(json.loads(data))
+                        seen(job)
+                        if event == "end" or job.done:
+                            return job
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return None  # out of time: one last look by polling, then WaitTimeout
+                return None  # the stream closed early: poll for the rest
+            except httpx.ReadTimeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None  # out of time: one last look by polling, then WaitTimeout
+                continue  # a quiet stretch (a long epoch): reconnect, the server resends the state
+            except (errors.APIConnectionError, errors.ServerError, httpx.HTTPError, ValueError) as exc:
+                log.debug("events of %s failed (%r); polling instead", job_id, exc)
+                return None
+            except errors.APIStatusError as exc:
+                if exc.status in (401, 403, 404):
+                    raise
+                log.debug("events of %s answered %s; polling instead", job_id, exc.status)
+                return None
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a text/event-stream (the subset the server sends, plus comments)."""
+    event = "message"
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+class Sweeps:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def create(
+        self,
+        model_id: str,
+        dataset_id: str,
+        methods: Sequence[str],
+        *,
+        targets: Sequence[float] | None = None,
+        strengths: Mapping[str, Sequence[float]] | None = None,
+        seeds: Sequence[int] | None = None,
+        training: Mapping[str, Any] | None = None,
+        latency: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a sweep (methods × targets, or a strength grid per method); its result is a
+        curve report (``jobs.report``) with curve.csv and curve.png artifacts."""
+        body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "methods": list(methods)}
+        if targets is not None:
+            body["targets"] = list(targets)
+        if strengths is not None:
+            body["strengths"] = {k: list(v) for k, v in strengths.items()}
+        if seeds is not None:
+            body["seeds"] = list(seeds)
+        if training is not None:
+            body["training"] = dict(training)
+        body["latency"] = latency
+        return _submit(self._t, "/v1/sweeps", body, idempotency_key)
+
+    def get(self, sweep_id: str) -> Job:
+        return Job.model_validate(self._t.request("GET", f"/v1/sweeps/{sweep_id}").json())
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr: stage, percentage, epoch, the server's ETA."""
+
+    def __init__(self, job_id: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("queued", total=1.0, detail=job_id)
+        self._progress.start()
+
+    def update(self, job: Job) -> None:
+        p = job.progress
+        parts = [f"epoch {p.epoch}"] if p.epoch is not None else []
+        if p.eta_s is not None and not job.done:
+            parts.append(f"eta {p.eta_s:.0f}s")
+        parts.extend(f"{k} {v:.4g}" for k, v in list(p.metrics.items())[:2])
+        fraction = 1.0 if job.status == "succeeded" else (p.fraction or 0.0)
+        description = job.status if job.done else (p.stage or job.status)
+        self._progress.update(self._task, completed=fraction, description=description, detail=" ".join(parts))
+
+    def close(self) -> None:
+        self._progress.stop()
