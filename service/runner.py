@@ -91,7 +91,7 @@ def run_job(
     sample = {model.info.inputs[0].name: dataset.sample_shape} if dataset else None
 
     stage("evaluate-original")
-    x_eval, y_eval = dataset.all_inputs() if dataset else (None, None)
+    x_eval, y_eval = _evaluation_split(spec, dataset)
     reference = metrics.predict(model.proto, x_eval) if x_eval is not None else None
     if reference is not None and y_eval is not None and int(y_eval.max()) >= reference.shape[1]:
         raise DatasetRejected(
@@ -224,6 +224,18 @@ def _training_progress(spec: CompressionSpec, notify: ProgressCallback) -> Calla
 
 def _training_block(spec: CompressionSpec, result: CompressionResult) -> dict[str, Any]:
     return {"spec": spec.training.model_dump(), "strength": spec.strength(), "stages": result.training}
+
+
+def _evaluation_split(
+    spec: CompressionSpec, dataset: Dataset | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What accuracy is measured on: the held-out split whenever anything is trained on the
+    rest (so the report never scores a model on its own training data), else every sample."""
+    if dataset is None:
+        return None, None
+    if spec.method in RETRAINING or spec.training.finetune_epochs > 0:
+        return dataset.x_val, dataset.y_val
+    return dataset.all_inputs()
 
 
 def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset | None:
