@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from compressors.errors import ModelpressError
 
@@ -16,6 +18,7 @@ MEDIA_TYPE = "application/problem+json"
 
 # kind -> (status, title)
 KINDS: dict[str, tuple[int, str]] = {
+    "bad-request": (400, "The request body could not be parsed"),
     "unauthorized": (401, "Missing or invalid API key"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
@@ -34,6 +37,47 @@ KINDS: dict[str, tuple[int, str]] = {
     "not-retrainable": (422, "The model cannot be retrained"),
     "service-unavailable": (503, "A service this request needs is unavailable"),
     "internal-error": (500, "Internal error"),
+}
+
+
+# The body of every 4xx and 5xx, as the OpenAPI document states it (RFC 9457 section 3.1,
+# plus the request id and, for validation errors, one entry per failed field).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `type` is stable for each kind of error.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": TYPE_BASE + "<kind>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "what was wrong and what to do about it"},
+        "instance": {"type": "string", "description": "the request path"},
+        "request_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "errors": {
+            "type": "array",
+            "description": "validation errors only: each failed field",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+# what an operation can answer by its shape alone (see ``describe``)
+_GENERIC = {
+    status: KINDS[kind][1]
+    for status, kind in [
+        (400, "bad-request"),
+        (401, "unauthorized"),
+        (404, "not-found"),
+        (413, "payload-too-large"),
+        (422, "validation-error"),
+        (500, "internal-error"),
+    ]
 }
 
 
@@ -61,14 +105,71 @@ def problem_body(
     return body
 
 
-def problem_response(request: Request, kind: str, detail: str, status: int, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def problem_response(
+    request: Request,
+    kind: str,
+    detail: str,
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
+    if "retry_after" in extra:  # a 503 says when to come back (clients honour Retry-After)
+        headers["Retry-After"] = str(extra["retry_after"])
     request_id = getattr(request.state, "request_id", None)
     body = problem_body(kind, detail, status, request.url.path, request_id=request_id, **extra)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def describe(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document the errors the handlers below produce: every operation lists the 4xx/5xx it can
+    answer (routes add their own, such as 409), each as application/problem+json, in place of
+    FastAPI's default 422 ``HTTPValidationError``, which this API never sends."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components["Problem"] = PROBLEM_SCHEMA
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            statuses = {500}
+            if operation.get("security"):
+                statuses.add(401)
+            if "{" in path:
+                statuses.add(404)
+            if operation.get("parameters") or "requestBody" in operation:
+                statuses.add(422)
+            if "requestBody" in operation:
+                statuses |= {400, 413}
+            responses = operation["responses"]
+            for status in statuses:
+                responses.setdefault(str(status), {"description": _GENERIC[status]})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            operation["responses"] = dict(sorted(responses.items()))
+    return schema
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path takes, for the ``Allow`` header RFC 9110 requires on a 405; Starlette
+    names only those of the first route matching the path (GET and POST are separate routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            describe(build())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(request, exc.kind, exc.detail, exc.status, **exc.extra)
@@ -90,13 +191,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {
+            400: "bad-request",
             401: "unauthorized",
             404: "not-found",
             405: "method-not-allowed",
             413: "payload-too-large",
             415: "unsupported-media-type",
         }.get(exc.status_code, "internal-error" if exc.status_code >= 500 else "validation-error")
-        return problem_response(request, kind, str(exc.detail), exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem_response(request, kind, str(exc.detail), exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.spec import (
     GroupLassoSpec,
@@ -18,6 +18,14 @@ from service.spec import (
 )
 
 T = TypeVar("T")
+
+
+def _as_utc(value: datetime) -> datetime:
+    # the database keeps naive UTC (service.models.utcnow); RFC 3339 date-times need the offset
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -39,7 +47,7 @@ class ModelRecord(BaseModel):
     layers: list[dict[str, Any]]
     retrainable: bool
     retrainable_reason: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DatasetRecord(BaseModel):
@@ -52,7 +60,7 @@ class DatasetRecord(BaseModel):
     sample_shape: list[int | str]
     labelled: bool
     validation_samples: int
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class BuiltinDataset(BaseModel):
@@ -141,7 +149,7 @@ class JobRecord(BaseModel):
     progress: Progress
     error: dict[str, Any] | None
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     artifacts: list[str] = Field(default_factory=list, description="names for /artifacts/{name}")

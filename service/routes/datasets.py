@@ -34,9 +34,11 @@ _BODY = {
                     "properties": {"file": {"type": "string", "format": "binary"}},
                 }
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/BuiltinDataset"}},
+            # inline: a model only named here never reaches components/schemas
+            "application/json": {"schema": BuiltinDataset.model_json_schema()},
         },
-    }
+    },
+    "responses": {"415": {"description": "neither multipart/form-data nor application/json"}},
 }
 
 
@@ -155,7 +157,7 @@ def list_datasets(
     tenant: CurrentTenant,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[DatasetRecord]:
     rows = session.scalars(
         select(StoredDataset)

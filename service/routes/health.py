@@ -53,7 +53,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    operation_id="metrics",
+    operation_id="metrics-get",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )

@@ -92,11 +92,30 @@ def _create(
     except IntegrityError:  # a concurrent request with the same key won the race
         session.rollback()
         return _create(request, session, tenant, kind, body, key)
-    request.app.state.executor.submit(job.id)
+    try:
+        request.app.state.executor.submit(job.id)
+    except Exception as exc:
+        # the broker did not take it: forget the job so that a retry (same key) starts afresh
+        session.delete(job)
+        session.commit()
+        raise Problem(
+            "service-unavailable",
+            f"the job queue is unreachable ({type(exc).__name__}); retry in a few seconds.",
+            retry_after=5,
+        ) from exc
     return job, True
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobRecord, operation_id="jobs-create")
+_SUBMIT: dict[int | str, dict[str, Any]] = {
+    404: {"description": "the model or dataset is not in your account"},
+    503: {"description": "the job queue is unreachable; retry with the same Idempotency-Key"},
+}
+_NOT_READY: dict[int | str, dict[str, Any]] = {409: {"description": "the job has not succeeded (yet)"}}
+
+
+@router.post(
+    "/v1/jobs", status_code=202, response_model=JobRecord, operation_id="jobs-create", responses=_SUBMIT
+)
 def create_job(
     request: Request,
     body: JobCreate,
@@ -109,7 +128,13 @@ def create_job(
     return record(job, store)
 
 
-@router.post("/v1/sweeps", status_code=202, response_model=JobRecord, operation_id="sweeps-create")
+@router.post(
+    "/v1/sweeps",
+    status_code=202,
+    response_model=JobRecord,
+    operation_id="sweeps-create",
+    responses=_SUBMIT,
+)
 def create_sweep(
     request: Request,
     body: SweepCreate,
@@ -128,7 +153,7 @@ def list_jobs(
     session: ReadSessionDep,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> Page[JobRecord]:
     query = select(Job).where(Job.tenant_id == tenant.id)
@@ -172,9 +197,26 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
 @router.get(
     "/v1/jobs/{job_id}/events",
     operation_id="jobs-events",
+    response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {
+                    # one event (OpenAPI 3.2 itemSchema, as FastAPI's own SSE routes document it)
+                    "itemSchema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {"type": "string", "enum": ["progress", "end"]},
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {"$ref": "#/components/schemas/JobRecord"},
+                            },
+                        },
+                    }
+                }
+            },
             "description": "server-sent events: `progress` while running, then one `end`",
         }
     },
@@ -228,7 +270,8 @@ def _artifact(job: Job, store: ArtifactStore, name: str) -> FileResponse:
 @router.get(
     "/v1/jobs/{job_id}/report",
     operation_id="jobs-report",
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+    response_class=FileResponse,
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NOT_READY},
 )
 def job_report(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep) -> FileResponse:
     return _artifact(_owned(session, tenant, job_id), store, "report.json")
@@ -237,8 +280,18 @@ def job_report(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, stor
 @router.get(
     "/v1/jobs/{job_id}/artifacts/{name}",
     operation_id="jobs-artifact",
+    response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+        200: {
+            "description": "model.onnx, curve.png, curve.csv or report.json",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        **_NOT_READY,
     },
 )
 def job_artifact(

@@ -20,6 +20,16 @@ from service.store import stream_to_file
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
+# OpenAPI links: what to do next with a model record (a compression job or a sweep on it).
+# The body is a template whose expression fields are filled from the response, the way
+# schemathesis' stateful run (tests/test_schemathesis.py) follows it.
+_NEXT = {
+    "links": {
+        operation: {"operationId": operation, "requestBody": {"model_id": "$response.body#/id"}}
+        for operation in ("jobs-create", "sweeps-create")
+    }
+}
+
 
 def record(model: StoredModel) -> ModelRecord:
     info = model.info
@@ -56,7 +66,9 @@ async def _chunks(upload: UploadFile):  # type: ignore[no-untyped-def]
         yield chunk
 
 
-@router.post("", status_code=201, response_model=ModelRecord, operation_id="models-create")
+@router.post(
+    "", status_code=201, response_model=ModelRecord, operation_id="models-create", responses={201: _NEXT}
+)
 async def create_model(
     file: Annotated[UploadFile, File(description=".onnx file or .zip bundle with external data")],
     tenant: CurrentTenant,
@@ -89,7 +101,7 @@ def list_models(
     tenant: CurrentTenant,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ModelRecord]:
     rows = session.scalars(
         select(StoredModel)
@@ -103,7 +115,7 @@ def list_models(
     )
 
 
-@router.get("/{model_id}", response_model=ModelRecord, operation_id="models-get")
+@router.get("/{model_id}", response_model=ModelRecord, operation_id="models-get", responses={200: _NEXT})
 def get_model(model_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> ModelRecord:
     model = session.get(StoredModel, model_id)
     if model is None or model.tenant_id != tenant.id:

@@ -1,0 +1,453 @@
+"""Service benchmark: does a training job slow down the API, and how soon does an idle worker start a job?
+
+1. Status under load. ``modelpress serve`` (embedded default: SQLite, one local worker
+   process) runs on loopback; a small dynamo-exported digits CNN (``compressors.zoo.DigitsCNN``,
+   trained briefly, zipped with its external data) and the built-in digits dataset are uploaded,
+   and a ``nuclear`` job with many epochs is started. While it trains, 50 concurrent clients
+   (one ``httpx.AsyncClient`` each, keep-alive, connected before timing, a fixed number of
+   requests each, one after the other) call ``GET /v1/jobs/{id}`` (bearer auth, two database
+   reads, the record) and, in alternating rounds of the same shape with the same clients,
+   ``GET /healthz`` (no auth check, no database). The headline figures are p50(job) ÷
+   p50(healthz) and p99(job) ÷ p99(healthz): what a status poll costs over the cheapest request
+   the same server answers under the same load, taken side by side because this machine is
+   shared and noisy. The job's status and epoch are read before and
+   after each round, so the tables say whether it was training throughout. Then the job is
+   cancelled and the same rounds run with the worker idle, on the same (now cancelled) record:
+   how much the training itself slows the server down.
+2. Submit to running with an idle worker. With nothing else queued or running, an ``svd`` job
+   is submitted and ``GET /v1/jobs/{id}`` polled every 10 ms until it leaves ``queued``; the
+   client-seen delay (submit sent → first poll that is not queued) and the server's own
+   ``started_at - created_at`` are recorded; each job is awaited before the next is submitted.
+
+The latencies include the client's own event-loop time (50 coroutines and the server share
+the CPU with the training worker), identically for both endpoints.
+
+Results go to ``bench/results/service.json`` and the "Service" section of ``docs/benchmarks.md``
+(only that section is replaced or appended; the others stay as they are).
+
+    .venv/bin/python bench/service.py [--clients 50] [--requests 10] [--rounds 4] [--submits 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from compressors import zoo
+from compressors.report import library_versions
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache" / "service"
+RESULTS = ROOT / "bench" / "results" / "service.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Service (bench/service.py)"
+DOCS_INTRO = (
+    "# Benchmarks\n\nMeasured numbers from the scripts in `bench/`; each section says which "
+    "script wrote it and on what machine.\n"
+)
+TRAINING_EPOCHS = 500  # far more than the measurement needs; the job is cancelled afterwards
+POLL_SECONDS = 0.01
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def harness() -> Any:
+    """``tests.harness`` (the loopback ``modelpress serve`` the service tests use). Imported here,
+    after putting the repository first on ``sys.path``: run as a script, this file's folder comes
+    first, and this very file would shadow the ``service`` package."""
+    sys.path.insert(0, str(ROOT))
+    from tests import harness as module
+
+    return module
+
+
+def digits_cnn_zip() -> Path:
+    """A briefly trained DigitsCNN, exported with dynamo and zipped with its external data."""
+    path = CACHE / "digits_cnn.zip"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    model = zoo.DigitsCNN()
+    accuracy = zoo.train_digits(model, image=True, epochs=3)
+    log(f"trained DigitsCNN for 3 epochs: held-out accuracy {accuracy:.3f}")
+    onnx_path = zoo.export(model, torch.zeros(2, 1, 8, 8), CACHE / "export" / "digits_cnn.onnx")
+    return zoo.bundle(onnx_path, path)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1e3
+    return {
+        "n": len(samples),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+    }
+
+
+async def one_round(sessions: list[httpx.AsyncClient], path: str, requests: int) -> dict[str, Any]:
+    """Every client sends ``requests`` GETs of ``path``, one after the other; latencies in seconds."""
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+
+    async def client(session: httpx.AsyncClient) -> None:
+        for _ in range(requests):
+            start = time.perf_counter()
+            try:
+                response = await session.get(path)
+                outcome = str(response.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            latencies.append(time.perf_counter() - start)
+            if outcome != "200":
+                failures[outcome] = failures.get(outcome, 0) + 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(session) for session in sessions))
+    return {"latencies": latencies, "failures": failures, "seconds": time.perf_counter() - start}
+
+
+def job_state(job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": job["status"],
+        "stage": job["progress"].get("stage"),
+        "epoch": job["progress"].get("epoch"),
+    }
+
+
+def wait_until(client: httpx.Client, job_id: str, done: set[str], timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in done:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} not {sorted(done)} after {timeout} s")
+
+
+async def status_polls(
+    url: str, token: str, job_id: str, clients: int, requests: int, rounds: int
+) -> dict[str, Any]:
+    """Alternating rounds of ``GET /v1/jobs/{job_id}`` and ``GET /healthz`` from the same
+    ``clients`` keep-alive clients, the job's state read before and after each round."""
+    job_path = f"/v1/jobs/{job_id}"
+    samples: dict[str, list[float]] = {"job": [], "healthz": []}
+    failures: dict[str, dict[str, int]] = {"job": {}, "healthz": {}}
+    log_rounds = []
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            )
+            for _ in range(clients)
+        ]
+        # every client connects and calls both endpoints once before anything is timed
+        for path in (job_path, "/healthz"):
+            await one_round(sessions, path, 1)
+        monitor = sessions[0]
+        for index in range(rounds):
+            # alternate which endpoint goes first, so that a drift within a round pair hits both alike
+            order = [("job", job_path), ("healthz", "/healthz")]
+            for name, path in order if index % 2 == 0 else order[::-1]:
+                before = job_state((await monitor.get(job_path)).json())
+                result = await one_round(sessions, path, requests)
+                after = job_state((await monitor.get(job_path)).json())
+                samples[name] += result["latencies"]
+                for outcome, count in result["failures"].items():
+                    failures[name][outcome] = failures[name].get(outcome, 0) + count
+                summary = percentiles(result["latencies"])
+                log_rounds.append(
+                    {
+                        "round": index,
+                        "endpoint": name,
+                        "seconds": result["seconds"],
+                        "requests_per_second": len(result["latencies"]) / result["seconds"],
+                        "p50_ms": summary["p50_ms"],
+                        "p99_ms": summary["p99_ms"],
+                        "job_before": before,
+                        "job_after": after,
+                    }
+                )
+                log(
+                    f"  round {index} {name:7s}: p50 {summary['p50_ms']:7.1f} ms  "
+                    f"p99 {summary['p99_ms']:7.1f} ms  "
+                    f"{len(result['latencies']) / result['seconds']:6.0f} req/s  job {before['status']} "
+                    f"epoch {before['epoch']} -> {after['status']} epoch {after['epoch']}"
+                )
+    job, healthz = percentiles(samples["job"]), percentiles(samples["healthz"])
+    return {
+        "clients": clients,
+        "requests_per_client": requests,
+        "rounds": rounds,
+        "job_get": {**job, "failures": failures["job"]},
+        "healthz": {**healthz, "failures": failures["healthz"]},
+        "ratio_p50": job["p50_ms"] / healthz["p50_ms"],
+        "ratio_p99": job["p99_ms"] / healthz["p99_ms"],
+        "job_running_throughout": all(
+            r["job_before"]["status"] == "running" and r["job_after"]["status"] == "running"
+            for r in log_rounds
+        ),
+        "rounds_detail": log_rounds,
+    }
+
+
+def submit_to_running(client: httpx.Client, model_id: str, submits: int) -> dict[str, Any]:
+    spec = {"model_id": model_id, "method": "svd", "rank": {"energy": 0.9}, "evaluation": {"latency": False}}
+    client_seen, server_side, statuses = [], [], []
+    for _ in range(submits):
+        start = time.perf_counter()
+        response = client.post("/v1/jobs", json=spec)
+        response.raise_for_status()
+        job_id = response.json()["id"]
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] != "queued":
+                break
+            time.sleep(POLL_SECONDS)
+        client_seen.append(time.perf_counter() - start)
+        statuses.append(job["status"])
+        finished = wait_until(client, job_id, {"succeeded", "failed", "cancelled"})
+        created = datetime.fromisoformat(finished["created_at"])
+        started = datetime.fromisoformat(finished["started_at"])
+        server_side.append((started - created).total_seconds())
+        log(
+            f"  submit -> {job['status']}: {client_seen[-1] * 1e3:6.0f} ms seen by the client, "
+            f"{server_side[-1] * 1e3:6.0f} ms started_at - created_at; job {finished['status']}"
+        )
+    return {
+        "method": "svd",
+        "poll_interval_s": POLL_SECONDS,
+        "client_seen_s": client_seen,
+        "server_started_minus_created_s": server_side,
+        "first_status_after_queued": statuses,
+        "median_client_seen_s": statistics.median(client_seen),
+        "median_server_s": statistics.median(server_side),
+    }
+
+
+def environment(load_at_start: list[float]) -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": load_at_start,  # 1, 5, 15 min: other work sharing the cores
+        "load_average_at_end": list(os.getloadavg()),
+        "versions": {**library_versions(), "httpx": httpx.__version__},
+    }
+
+
+def epochs_seen(polls: dict[str, Any]) -> list[int]:
+    rounds = polls["rounds_detail"]
+    epochs = [r["job_before"]["epoch"] for r in rounds] + [r["job_after"]["epoch"] for r in rounds]
+    return [e for e in epochs if e is not None]
+
+
+def throughput(polls: dict[str, Any], endpoint: str) -> float:
+    rounds = [r for r in polls["rounds_detail"] if r["endpoint"] == endpoint]
+    return sum(r["requests_per_second"] * r["seconds"] for r in rounds) / sum(r["seconds"] for r in rounds)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    env, start = results["environment"], results["submit_to_running"]
+    load, idle = results["status_under_load"], results["status_idle"]
+    total = load["clients"] * load["requests_per_client"] * load["rounds"]
+    seen = epochs_seen(load)
+    trained = (
+        f"the job was running throughout (epoch {min(seen)} → {max(seen)} during the rounds)"
+        if load["job_running_throughout"] and seen
+        else "**the job was not running throughout** (see `rounds_detail` in the JSON)"
+    )
+    failures = {
+        f"{when} {name}": row["failures"]
+        for when, polls in (("training", load), ("idle", idle))
+        for name, row in (("job", polls["job_get"]), ("healthz", polls["healthz"]))
+        if row["failures"]
+    }
+    rows = [
+        (when, name, polls[key], throughput(polls, endpoint))
+        for when, polls in (("training", load), ("idle", idle))
+        for name, key, endpoint in (
+            ("`GET /v1/jobs/{id}`", "job_get", "job"),
+            ("`GET /healthz`", "healthz", "healthz"),
+        )
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"Measured {env['date']} on {env['cpu_count']} CPU cores ({env['machine']}); load average (1 min) "
+        f"{env['load_average_at_start'][0]:.1f} at the start and {env['load_average_at_end'][0]:.1f} at the "
+        "end (more than the cores means other work shared them). `modelpress serve` with the embedded "
+        "default (SQLite, one local worker process) on loopback; the benchmark's clients run on the same "
+        "machine. The machine is shared with other work, so absolute times drift; the ratios are taken "
+        f"side by side. Whole script {results['wall_seconds'] / 60:.1f} min. Raw numbers and each round: "
+        "`bench/results/service.json`.",
+        "",
+        "### Status polls while a job trains",
+        "",
+        f"A `nuclear` job on a dynamo-exported DigitsCNN (built-in digits) trains in the worker while "
+        f"{load['clients']} concurrent clients (one `httpx.AsyncClient` each, keep-alive, connected before "
+        "timing; the same clients for both endpoints) send "
+        f"{load['requests_per_client']} sequential requests each per round, {load['rounds']} rounds per "
+        f"endpoint, alternating `GET /v1/jobs/{{id}}` and `GET /healthz` rounds ({total:,} requests per "
+        f"endpoint); {trained}. Then the job is cancelled and the same rounds run with the worker idle, "
+        "on the same record. Latency is measured in the client, so it includes the client's own "
+        "event-loop time, for both endpoints alike.",
+        "",
+        "| worker | endpoint | requests | req/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | non-200 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {when} | {name} | {row['n']:,} | {rate:.0f} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} "
+            f"| {row['p99_ms']:.1f} | {row['max_ms']:.1f} | {sum(row['failures'].values())} |"
+            for when, name, row, rate in rows
+        ),
+        "",
+        f"**While the job trains: p50(job) ÷ p50(healthz) = {load['ratio_p50']:.2f}, p99(job) ÷ "
+        f"p99(healthz) = {load['ratio_p99']:.2f}.** Worker idle: {idle['ratio_p50']:.2f} and "
+        f"{idle['ratio_p99']:.2f}. Training slows `GET /healthz` by "
+        f"{load['healthz']['p50_ms'] / idle['healthz']['p50_ms']:.1f}× at p50 and "
+        f"{load['healthz']['p99_ms'] / idle['healthz']['p99_ms']:.1f}× at p99 (training ÷ idle)."
+        + (f" Non-200 answers: {failures}." if failures else " Every answer was a 200."),
+        "",
+        f"Each client sends its next request as soon as the last one returns, so {load['clients']} "
+        "requests are always waiting: latency is mostly queueing (p50 ≈ clients ÷ req/s), and the "
+        "p50 ratio is close to the ratio of the server's cost per request of the two endpoints. A "
+        "status poll pays for the key lookup (its own database session), the job read and the "
+        "record; `/healthz` for none of them.",
+        "",
+        "### Submit to running, idle worker",
+        "",
+        f"An `svd` job submitted with nothing else queued or running, {len(start['client_seen_s'])} times, "
+        "each awaited before the next; the client polls `GET /v1/jobs/{id}` every "
+        f"{start['poll_interval_s'] * 1e3:.0f} ms. The local worker looks for work every 0.2 s.",
+        "",
+        "| | median (ms) | samples (ms) |",
+        "|---|---|---|",
+        f"| submit sent → first poll not `queued` (client) | {start['median_client_seen_s'] * 1e3:.0f} | "
+        + ", ".join(f"{s * 1e3:.0f}" for s in start["client_seen_s"])
+        + " |",
+        f"| `started_at − created_at` (server) | {start['median_server_s'] * 1e3:.0f} | "
+        + ", ".join(f"{s * 1e3:.0f}" for s in start["server_started_minus_created_s"])
+        + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(section: str) -> None:
+    """Replace this script's section, or append it at the end; other sections stay as they are."""
+    text = DOCS.read_text() if DOCS.exists() else DOCS_INTRO
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    parser.add_argument("--requests", type=int, default=10, help="requests per client per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per endpoint (default 4)")
+    parser.add_argument("--submits", type=int, default=5, help="submit-to-running samples (default 5)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help=f"rewrite the docs section from {RESULTS.relative_to(ROOT)} without measuring",
+    )
+    args = parser.parse_args(argv)
+    if args.render_only:
+        write_docs(markdown(json.loads(RESULTS.read_text())))
+        return 0
+    load_at_start = list(os.getloadavg())
+    started = time.perf_counter()
+    model_zip = digits_cnn_zip()
+    loopback = harness()
+    with tempfile.TemporaryDirectory(prefix="modelpress-bench-") as data_dir:
+        service = loopback.Service(Path(data_dir), workers=1)
+        token = service.create_key("bench")
+        service.start()
+        try:
+            with service.client(token) as client:
+                model = loopback.upload_model(client, model_zip)
+                dataset = loopback.digits_dataset(client)
+                spec = {
+                    "model_id": model["id"],
+                    "dataset_id": dataset["id"],
+                    "method": "nuclear",
+                    "rank": {"energy": 0.9},
+                    "training": {"epochs": TRAINING_EPOCHS},
+                    "evaluation": {"latency": False},
+                }
+                response = client.post("/v1/jobs", json=spec)
+                response.raise_for_status()
+                job_id = response.json()["id"]
+                wait_until(client, job_id, {"running"})
+                # past start-up (model conversion) and into the epochs
+                deadline = time.monotonic() + 120
+                while not client.get(f"/v1/jobs/{job_id}").json()["progress"].get("epoch"):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job_id} reached no epoch in 120 s")
+                    time.sleep(0.2)
+                log(f"status polls while job {job_id} trains:")
+                polls = (service.url, token, job_id, args.clients, args.requests, args.rounds)
+                load = asyncio.run(status_polls(*polls))
+                client.post(f"/v1/jobs/{job_id}/cancel").raise_for_status()
+                cancelled = wait_until(client, job_id, {"cancelled", "succeeded", "failed"})
+                # the same record (a cancelled job reads like a running one: no artifacts to list)
+                log(f"training job {cancelled['status']}; the same polls with the worker idle:")
+                idle = asyncio.run(status_polls(*polls))
+                log("submit to running with an idle worker:")
+                start = submit_to_running(client, model["id"], args.submits)
+        finally:
+            service.stop()
+    results = {
+        "benchmark": "service",
+        "environment": environment(load_at_start),
+        "status_under_load": load,
+        "status_idle": idle,
+        "submit_to_running": start,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_docs(markdown(results))
+    log("")
+    log(
+        f"while training: p50(job)/p50(healthz) = {load['ratio_p50']:.2f}   "
+        f"p99(job)/p99(healthz) = {load['ratio_p99']:.2f}"
+    )
+    log(
+        f"worker idle:    p50(job)/p50(healthz) = {idle['ratio_p50']:.2f}   "
+        f"p99(job)/p99(healthz) = {idle['ratio_p99']:.2f}"
+    )
+    log(
+        f"submit -> running (idle worker): median {start['median_client_seen_s'] * 1e3:.0f} ms client-seen, "
+        f"{start['median_server_s'] * 1e3:.0f} ms server-side"
+    )
+    log(f"wrote {RESULTS.relative_to(ROOT)} and the section of {DOCS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Schema-driven fuzzing of the whole API (schemathesis), in-process over ASGI.
+
+Every operation gets generated valid and invalid requests with a real key; every response
+must be a non-5xx, documented status with the documented content type and body schema.
+The stateful run chains operations through the links schemathesis infers from the
+document (an ``id`` a create returns feeds the ``{..._id}`` of a get, cancel, events...)
+and through ids it has seen in list responses.
+
+What is seeded: one tenant key, and one small valid model (fuzzed uploads are never valid
+ONNX, and without a model no job can be created), so the stateful run can create, read,
+list and cancel real jobs. No worker runs: jobs stay queued until cancelled.
+
+The schema is loaded at import: ``schemathesis.pytest.from_fixture`` cannot run under
+pytest 9.2 (it sets ``node._nodeid``, which pytest 9.2 no longer has).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import hypothesis
+import schemathesis
+from fastapi.testclient import TestClient
+from schemathesis import Case, Response
+
+from service import migrate
+from service.app import create_app
+from service.auth import create_key
+from service.db import session_scope
+from service.settings import Settings
+from tests import builders
+
+MAX_EXAMPLES = 40  # per operation and phase
+STATEFUL_EXAMPLES = 80
+
+# Every built-in check but positive_data_acceptance: that one expects any schema-valid body
+# to be accepted, which a service that validates uploads (is this ONNX?) and cross-field rules
+# (exactly one of energy / target_macs / target_params) cannot promise.
+CHECKS = {
+    "enabled": True,
+    "positive_data_acceptance": {"enabled": False},
+}
+
+_DATA = tempfile.TemporaryDirectory(prefix="modelpress-fuzz-")  # removed when pytest exits
+SETTINGS = Settings(data_dir=Path(_DATA.name), max_model_bytes=1 << 20, max_dataset_bytes=1 << 20)
+
+
+def _seed(settings: Settings) -> str:
+    """A migrated database, a key for tenant ``fuzz`` and one valid model in its account."""
+    migrate.upgrade(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        _, token = create_key(session, "fuzz")
+    model = builders.save(builders.gemm(8, 4), Path(_DATA.name) / "seed.onnx")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+        response = client.post("/v1/models", files={"file": ("seed.onnx", model.read_bytes())})
+        assert response.status_code == 201, response.text
+        spec = {"model_id": response.json()["id"], "method": "svd", "rank": {"energy": 0.9}}
+        response = client.post("/v1/jobs", json=spec)
+        assert response.status_code == 202, response.text
+    return token
+
+
+TOKEN = _seed(SETTINGS)
+APP = create_app(SETTINGS)
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}},
+        "generation": {
+            "mode": "all",
+            "max-examples": MAX_EXAMPLES,
+            "database": "none",
+        },
+        "checks": CHECKS,
+        # /events of a queued job streams until the job ends; the first event is enough here
+        "max-stream-events": 1,
+        "request-timeout": 5,
+    }
+)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
+
+
+@schema.parametrize()
+def test_api_conforms_to_its_schema(case: Case) -> None:
+    case.call_and_validate()
+
+
+def test_stateful_sequences_conform() -> None:
+    calls: Counter[tuple[str, int]] = Counter()
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def after_call(self, response: Response, case: Case) -> None:
+            super().after_call(response, case)
+            calls[case.operation.label, response.status_code] += 1
+
+    Workflow.run(
+        settings=hypothesis.settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=10,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+    )
+    ok = {label for (label, status), _ in calls.items() if status < 300}
+    print("stateful coverage (operation, status): count", dict(sorted(calls.items())))
+    # the run got past validation: it created datasets and used real ids of datasets, models
+    # and jobs (from create and list responses) in the operations that take them
+    reached = {
+        "POST /v1/datasets",
+        "GET /v1/datasets/{dataset_id}",
+        "GET /v1/models/{model_id}",
+        "GET /v1/jobs/{job_id}",
+        "GET /v1/jobs/{job_id}/events",
+        "POST /v1/jobs/{job_id}/cancel",
+    }
+    assert reached <= ok, f"never answered 2xx: {sorted(reached - ok)}"
