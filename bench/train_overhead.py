@@ -438,19 +438,17 @@ def explanation(results: dict[str, Any]) -> list[str]:
         plain = m["plain_cpu_s_per_epoch"]
         steps_per_run = m["steps_per_epoch"] * m["epochs_per_run"]
         calls = statistics.median(n["prox_calls"] for n in m["nuclear_runs"])
-        warmup = min(3, calls)
         stats = m["stats_cpu_s_per_epoch_in_runs"]
         without_stats = (m["nuclear_cpu_s_per_epoch"] - stats) / plain
         lines.append(
             f"- {m['name']}: ratio {m['ratio']:.2f} ({miss_text(m['ratio'])}), {m['ratio'] - 1:+.0%} per "
             f"epoch in wall time, {m['cpu_ratio'] - 1:+.0%} in CPU time. One prox costs "
             f"{m['prox_over_step']:.1f} training steps, so the adaptive rule settled on a prox every "
-            f"{m['prox_every']} steps (prox ≤ 10% of step time from then on); but it proxes at each of the "
-            f"first three steps, before it has step times to go by, and {warmup:g} of the {calls:g} prox "
-            f"calls in a run of {steps_per_run} steps were those. Prox calls took "
+            f"{m['prox_every']} steps (the first prox waits for three measured steps); {calls:g} prox "
+            f"calls in a run of {steps_per_run} steps. Prox calls took "
             f"{m['prox_cpu_s_per_epoch_in_runs'] / plain:.0%} of a plain epoch's CPU time. "
             "`NuclearProx.stats()`, which `train` calls once per epoch for the history and which "
-            "computes fp64 `torch.linalg.svdvals` of every regularized matrix outside the rule's "
+            "takes the eigenvalues of the stacked Gram matrices in fp64 outside the rule's "
             f"budget, took {stats / plain:.0%} ({m['stats_s']:.3f} s on its own = "
             f"{m['stats_s'] / m['step_s']:.1f} steps). Without it the CPU-time ratio would be about "
             f"{without_stats:.2f} (derived: nuclear minus the stats() CPU time measured inside the "

@@ -21,6 +21,7 @@ from compressors.datasets import Dataset
 from compressors.errors import InvalidSpec
 from compressors.inspection import analysis_shapes
 from compressors.lowrank import find_layers
+from compressors.result import CompressionResult
 from compressors.training import Regularizer, TrainConfig, TrainProgress, TrainResult, train
 from compressors.views import WeightView, weight_views
 
@@ -118,6 +119,22 @@ def finetune(
     tuned = TrainConfig(**{**config.__dict__, "epochs": epochs, "weight_decay": 0.0})
     result = run_training(trainable, training, tuned, "finetune", hooks, after_step=hook)
     return write_back(trainable, model), stage_summary(result)
+
+
+def finish(
+    result: CompressionResult,
+    training: TrainingData | None,
+    config: TrainConfig,
+    epochs: int,
+    hooks: Hooks,
+    keep_zeros: bool,
+) -> CompressionResult:
+    """Every method's last step: fine-tune the compressed model when asked (and data allows)."""
+    if epochs > 0 and training is not None:
+        result.model, result.training["finetune"] = finetune(
+            result.model, training, config, epochs, hooks, keep_zeros
+        )
+    return result
 
 
 def stage_summary(result: TrainResult) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from compressors.macs import count_params
 from compressors.methods import l1, l2, nuclear, prune, svd, variational
 from compressors.report import Measurements, Report
 from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finetune
+from compressors.retrain import Hooks, TrainingData, finish
 from compressors.training import TrainProgress
 from service.spec import METHODS, RETRAINING, SPARSE, CompressionSpec
 
@@ -170,12 +170,7 @@ def compress(
     training = TrainingData.build(model.proto, dataset, model.info.inputs[0].name) if needs_data else None
     if method == "svd":
         assert rule is not None
-        result = svd.compress(model, rule, sample)
-        if finetune_epochs and training is not None:
-            result.model, result.training["finetune"] = finetune(
-                result.model, training, config, finetune_epochs, hooks, keep_zeros=False
-            )
-        return result
+        return finish(svd.compress(model, rule, sample), training, config, finetune_epochs, hooks, False)
     if method == "prune":
         assert rule is not None
         return prune.compress(model, rule, training, config, finetune_epochs, hooks, sample)

@@ -34,7 +34,7 @@ from compressors.result import CompressionResult, LayerResult
 from compressors.retrain import (
     Hooks,
     TrainingData,
-    finetune,
+    finish,
     run_training,
     stage_summary,
     trainable_with_views,
@@ -237,8 +237,4 @@ def compress(
     trained = train_group_lasso(model, training, config, strength, hooks)
     result = trained.remove(rule)
     result.training = {"train": trained.summary}
-    if finetune_epochs > 0:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, finetune_epochs, hooks, keep_zeros=False
-        )
-    return result
+    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

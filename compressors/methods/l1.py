@@ -19,7 +19,7 @@ from compressors.result import CompressionResult
 from compressors.retrain import (
     Hooks,
     TrainingData,
-    finetune,
+    finish,
     run_training,
     stage_summary,
     trainable_with_views,
@@ -76,8 +76,4 @@ def compress(
     shapes, batch = analysis_shapes(sparse, training.sample_shapes)
     result = magnitude_prune(sparse, shapes, rule, batch)
     result.training = {"train": {**stage_summary(trained), "strength": strength}}
-    if finetune_epochs > 0:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, finetune_epochs, hooks, keep_zeros=True
-        )
-    return result
+    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=True)

@@ -17,7 +17,7 @@ from compressors.result import CompressionResult
 from compressors.retrain import (
     Hooks,
     TrainingData,
-    finetune,
+    finish,
     run_training,
     stage_summary,
     trainable_with_views,
@@ -41,8 +41,4 @@ def compress(
     shapes, batch = analysis_shapes(decayed, training.sample_shapes)
     result = factorize(decayed, shapes, rule, batch)
     result.training = {"train": {**stage_summary(trained), "strength": strength}}
-    if finetune_epochs > 0:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, finetune_epochs, hooks, keep_zeros=False
-        )
-    return result
+    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

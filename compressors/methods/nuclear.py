@@ -34,7 +34,7 @@ from compressors.result import CompressionResult
 from compressors.retrain import (
     Hooks,
     TrainingData,
-    finetune,
+    finish,
     run_training,
     stage_summary,
     trainable_with_views,
@@ -158,8 +158,4 @@ def compress(
     result.training = {
         "train": {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength}
     }
-    if finetune_epochs > 0:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, finetune_epochs, hooks, keep_zeros=False
-        )
-    return result
+    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

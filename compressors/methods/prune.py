@@ -6,7 +6,7 @@ from compressors.inspection import analysis_shapes
 from compressors.loading import LoadedModel
 from compressors.ranks import RankRule
 from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finetune
+from compressors.retrain import Hooks, TrainingData, finish
 from compressors.sparsity import magnitude_prune
 from compressors.training import TrainConfig
 
@@ -22,13 +22,6 @@ def compress(
 ) -> CompressionResult:
     shapes, batch = analysis_shapes(model.proto, sample_shapes)
     result = magnitude_prune(model.proto, shapes, rule, batch)
-    if finetune_epochs > 0 and training is not None:
-        result.model, result.training["finetune"] = finetune(
-            result.model,
-            training,
-            config or TrainConfig(),
-            finetune_epochs,
-            hooks or Hooks(),
-            keep_zeros=True,
-        )
-    return result
+    return finish(
+        result, training, config or TrainConfig(), finetune_epochs, hooks or Hooks(), keep_zeros=True
+    )

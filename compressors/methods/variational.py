@@ -35,7 +35,7 @@ from compressors.result import CompressionResult, LayerResult
 from compressors.retrain import (
     Hooks,
     TrainingData,
-    finetune,
+    finish,
     run_training,
     stage_summary,
     trainable_with_views,
@@ -264,11 +264,7 @@ def compress(
     result.training = {
         "train": {**trained.summary, "log_alpha_threshold": LOG_ALPHA_THRESHOLD if rule is None else None}
     }
-    if finetune_epochs > 0:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, finetune_epochs, hooks, keep_zeros=True
-        )
-    return result
+    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=True)
 
 
 def _accounting(
