@@ -32,7 +32,8 @@ def test_end_to_end_svd_and_nuclear(service: Service, token: str, digits_cnn_zip
         assert model["retrainable"] and model["eligible_layers"] and model["opset"] >= 18
         dataset = digits_dataset(client)
         jobs = {}
-        for method, extra in (("svd", {}), ("nuclear", {"training": {"epochs": 2}})):
+        # enough epochs that training spans several of the stream's 0.25 s polls
+        for method, extra in (("svd", {}), ("nuclear", {"training": {"epochs": 12}})):
             body = {
                 "model_id": model["id"],
                 "dataset_id": dataset["id"],
