@@ -671,13 +671,11 @@ def explanation(results: dict[str, Any]) -> list[str]:
             "back), so MAC kernels speed up less than MACs fall; per-kernel fixed costs do not "
             "shrink at all.",
             "- onnxruntime runs convs in its blocked NCHWc layout only when channel counts are "
-            "multiples of its block (8 with AVX2, 16 with AVX-512). The allocator picks ranks such "
-            "as 19 or 37, so those convs fall back to plain NCHW kernels, ReorderInput/ReorderOutput "
-            "nodes convert activations between the layouts around them, and the residual Add and "
-            "Relu are no longer fused into the conv: the reorder and other-op columns of the "
-            "profile above. These copies move whole activation tensors, so they cost most at batch "
-            "32. The library does not round ranks to the block size today; the diagnostic table "
-            "shows what rounding them up does.",
+            "multiples of its block (8 with AVX2, 16 with AVX-512); off the block, ReorderInput/"
+            "ReorderOutput nodes convert activations around the conv and the residual Add and Relu "
+            "are no longer fused. The allocator therefore moves conv ranks in blocks of 8 "
+            "(`CONV_RANK_MULTIPLE`), which keeps the reorder and other-op columns of the profile "
+            "small; on 16-wide (AVX-512) machines some layers would still fall off the block.",
         ]
     if gemm_models:
         lines += [
