@@ -63,6 +63,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
+from benchmarks_doc import DOCS, write_section
 from torch import nn
 
 from compressors import zoo
@@ -81,12 +82,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results" / "factorize.json"
 QUICK_RESULTS = CACHE / "factorize.quick.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Factorization (bench/factorize.py)"
-DOCS_INTRO = (
-    "# Benchmarks\n\nMeasured numbers from the scripts in `bench/`; each section says which "
-    "script wrote it and on what machine.\n"
-)
 
 TARGETS = (0.5, 0.25, 0.125)
 BATCHES = (1, 32)
@@ -694,18 +690,6 @@ def explanation(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else DOCS_INTRO
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -721,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render_only:
-        write_docs(markdown(json.loads(RESULTS.read_text())))
+        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
         log(f"rewrote {DOCS.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
         return 0
     if args.quick:
@@ -778,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results)
     log("\n" + section)
     if not settings.quick:
-        write_docs(section)
+        write_section(SECTION, section)
         log(f"wrote {out.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
     else:
         log(f"wrote {out.relative_to(ROOT)} (quick run: committed results left alone)")

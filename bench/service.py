@@ -47,6 +47,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from benchmarks_doc import DOCS, write_section
 
 from compressors import zoo
 from compressors.report import library_versions
@@ -54,12 +55,7 @@ from compressors.report import library_versions
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache" / "service"
 RESULTS = ROOT / "bench" / "results" / "service.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Service (bench/service.py)"
-DOCS_INTRO = (
-    "# Benchmarks\n\nMeasured numbers from the scripts in `bench/`; each section says which "
-    "script wrote it and on what machine.\n"
-)
 TRAINING_EPOCHS = 500  # far more than the measurement needs; the job is cancelled afterwards
 POLL_SECONDS = 0.01
 
@@ -351,19 +347,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    """Replace this script's section, or append it at the end; other sections stay as they are."""
-    text = DOCS.read_text() if DOCS.exists() else DOCS_INTRO
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
@@ -377,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render_only:
-        write_docs(markdown(json.loads(RESULTS.read_text())))
+        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
         return 0
     load_at_start = list(os.getloadavg())
     started = time.perf_counter()
@@ -431,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    write_docs(markdown(results))
+    write_section(SECTION, markdown(results))
     log("")
     log(
         f"while training: p50(job)/p50(healthz) = {load['ratio_p50']:.2f}   "

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
+from benchmarks_doc import DOCS, write_section
 from torch import nn
 
 from compressors import zoo
@@ -73,12 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache" / "train_overhead"
 RESULTS = ROOT / "bench" / "results" / "train_overhead.json"
 QUICK_RESULTS = ROOT / "bench" / ".cache" / "train_overhead.quick.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Training overhead (bench/train_overhead.py)"
-DOCS_INTRO = (
-    "# Benchmarks\n\nMeasured numbers from the scripts in `bench/`; each section says which "
-    "script wrote it and on what machine.\n"
-)
 
 GOAL = 1.25  # nuclear s/epoch ÷ plain s/epoch, at most
 STRENGTH = 1.0  # λ, the middle of the sweep's default nuclear strengths (0.3, 1, 3)
@@ -499,19 +495,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    """Replace this script's section, or append it at the end; other sections stay as they are."""
-    text = DOCS.read_text() if DOCS.exists() else DOCS_INTRO
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -525,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render_only:
-        write_docs(markdown(json.loads(RESULTS.read_text())))
+        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
         log(f"rewrote {DOCS.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
         return 0
     torch.set_num_threads(args.threads)
@@ -551,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in [*table(results), "", *breakdown(results)]:
         log(line)
     if not args.quick:
-        write_docs(markdown(results))
+        write_section(SECTION, markdown(results))
         log(f"\nwrote {out.relative_to(ROOT)} and the section of {DOCS.relative_to(ROOT)}")
     else:
         log(f"\nwrote {out.relative_to(ROOT)} (quick run: committed results left alone)")
