@@ -18,6 +18,7 @@ from compressors.datasets import HOLDOUT, MAX_DATASET_BYTES
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredDataset
 from service.problems import Problem
+from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.store import stream_to_file
 
@@ -159,15 +160,9 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[DatasetRecord]:
-    rows = session.scalars(
-        select(StoredDataset)
-        .where(StoredDataset.tenant_id == tenant.id)
-        .order_by(StoredDataset.created_at, StoredDataset.id)
-        .offset(offset)
-        .limit(limit + 1)
-    ).all()
-    return Page(
-        items=[record(d) for d in rows[:limit]], next_offset=offset + limit if len(rows) > limit else None
+    query = select(StoredDataset).where(StoredDataset.tenant_id == tenant.id)
+    return paginate(
+        session, query.order_by(StoredDataset.created_at, StoredDataset.id), limit, offset, record
     )
 
 

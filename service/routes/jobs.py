@@ -18,6 +18,7 @@ from service.db import session_scope
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant
 from service.problems import Problem
+from service.routes import paginate
 from service.schemas import JobCreate, JobRecord, Page, Progress, SweepCreate
 from service.store import ARTIFACT_NAMES, ArtifactStore
 
@@ -159,12 +160,8 @@ def list_jobs(
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
         query = query.where(Job.status == status)
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
-    ).all()
-    return Page(
-        items=[record(j, store) for j in rows[:limit]],
-        next_offset=offset + limit if len(rows) > limit else None,
+    return paginate(
+        session, query.order_by(Job.created_at.desc(), Job.id), limit, offset, lambda job: record(job, store)
     )
 
 

@@ -15,6 +15,7 @@ from compressors.loading import Limits, load_model
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredModel
 from service.problems import Problem
+from service.routes import paginate
 from service.schemas import ModelRecord, Page
 from service.store import stream_to_file
 
@@ -103,16 +104,8 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ModelRecord]:
-    rows = session.scalars(
-        select(StoredModel)
-        .where(StoredModel.tenant_id == tenant.id)
-        .order_by(StoredModel.created_at, StoredModel.id)
-        .offset(offset)
-        .limit(limit + 1)
-    ).all()
-    return Page(
-        items=[record(m) for m in rows[:limit]], next_offset=offset + limit if len(rows) > limit else None
-    )
+    query = select(StoredModel).where(StoredModel.tenant_id == tenant.id)
+    return paginate(session, query.order_by(StoredModel.created_at, StoredModel.id), limit, offset, record)
 
 
 @router.get("/{model_id}", response_model=ModelRecord, operation_id="models-get", responses={200: _NEXT})
