@@ -157,10 +157,12 @@ def _submit(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     return response.json()
 
 
-def _digits_images(session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray]:
-    """The samples the report evaluated, shaped (N, 1, 8, 8) as the CNN takes them."""
+def _digits_images(session: ort.InferenceSession, trained: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The samples the report evaluated, shaped (N, 1, 8, 8) as the CNN takes them: the
+    held-out split when the job trained on the rest, else every sample."""
     spec = TensorSpec(session.get_inputs()[0].name, "float", ["batch", 1, 8, 8])
-    x, y = load_dataset("digits", spec, seed=0).all_inputs()
+    data = load_dataset("digits", spec, seed=0)
+    x, y = (data.x_val, data.y_val) if trained else data.all_inputs()
     assert y is not None
     return x, y
 
@@ -202,7 +204,8 @@ def test_svd_and_nuclear_jobs_run_on_a_celery_worker(
         path.write_bytes(response.content)
         # the artifact is self-contained: it loads from its own file, no external data beside it
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        x, y = _digits_images(session)
+        x, y = _digits_images(session, trained=method != "svd")
+        assert report["dataset"]["evaluated_samples"] == len(x)
         (logits,) = session.run(None, {session.get_inputs()[0].name: x})
         assert logits.shape == (len(x), 10)
         accuracy = float((logits.argmax(axis=1) == y).mean())
