@@ -6,6 +6,7 @@ distillation, and the only target when the dataset has no labels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class TrainingData:
             metrics.predict(session, data.x_val),
             {input_name: data.sample_shape},
         )
+
+    def steps(self, config: TrainConfig) -> int:
+        """Optimizer steps in ``config.epochs`` passes over the training split."""
+        return config.epochs * math.ceil(len(self.data.x) / config.batch_size)
 
 
 def trainable_with_views(

@@ -92,6 +92,8 @@ class SweepSpec:
     config: TrainConfig = field(default_factory=TrainConfig)
     finetune_epochs: int = 0
     latency: bool = False
+    ramp: float = 0.0  # nuclear: fraction of training over which λ rises from 0
+    prox_every: int | None = None  # nuclear: fixed prox interval (None: adaptive)
 
 
 def sweep(
@@ -119,7 +121,7 @@ def sweep(
         for seed in spec.seeds if method not in ("svd", "prune") else spec.seeds[:1]:
             config = TrainConfig(**{**spec.config.__dict__, "seed": seed})
             for strength in strengths:
-                for target, result in _levels(method, model, training, config, strength, spec.targets, hooks):
+                for target, result in _levels(method, model, training, config, strength, spec, hooks):
                     if spec.finetune_epochs > 0:
                         result.model, _ = finetune(
                             result.model,
@@ -154,11 +156,12 @@ def _levels(
     training: TrainingData,
     config: TrainConfig,
     strength: float | None,
-    targets: Sequence[float],
+    spec: SweepSpec,
     hooks: Hooks,
 ):  # type: ignore[no-untyped-def]
     """(target, result) for each target, training at most once."""
     sample = training.sample_shapes
+    targets = spec.targets
     if method == "variational":
         assert strength is not None
         trained = variational.train_variational(model, training, config, strength, hooks)
@@ -178,26 +181,7 @@ def _levels(
             except InvalidSpec:
                 continue
         return
-    source = model.proto
-    if method in ("nuclear", "l2", "l1"):
-        assert strength is not None
-        trainable, views = trainable_with_views(model.proto, sample)
-        if method == "nuclear":
-            regularizer: Any = nuclear.NuclearProx(trainable.module, views, strength)
-            run_training(trainable, training, config, "train", hooks, regularizer)
-        elif method == "l1":
-            run_training(
-                trainable, training, config, "train", hooks, l1.L1Prox(trainable.module, views, strength)
-            )
-        else:
-            run_training(
-                trainable,
-                training,
-                TrainConfig(**{**config.__dict__, "weight_decay": strength}),
-                "train",
-                hooks,
-            )
-        source = write_back(trainable, model.proto)
+    source = regularize(method, model, training, config, strength, spec, hooks)
     shapes, batch = analysis_shapes(source, sample)
     for target in targets:
         try:
@@ -207,6 +191,41 @@ def _levels(
                 yield target, factorize(source, shapes, Target(target, "macs"), batch)
         except InvalidSpec:
             continue  # a target below what this model can reach
+
+
+def regularize(
+    method: str,
+    model: LoadedModel,
+    training: TrainingData,
+    config: TrainConfig,
+    strength: float | None,
+    spec: SweepSpec,
+    hooks: Hooks,
+) -> onnx.ModelProto:
+    """The model ``method`` truncates or prunes: trained with its regularizer for nuclear,
+    l2 and l1, the original for svd and prune."""
+    if method not in ("nuclear", "l2", "l1"):
+        return model.proto
+    assert strength is not None
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    if method == "nuclear":
+        regularizer: Any = nuclear.NuclearProx(
+            trainable.module,
+            views,
+            strength,
+            spec.prox_every,
+            ramp=spec.ramp,
+            total_steps=training.steps(config),
+        )
+        run_training(trainable, training, config, "train", hooks, regularizer)
+    elif method == "l1":
+        run_training(
+            trainable, training, config, "train", hooks, l1.L1Prox(trainable.module, views, strength)
+        )
+    else:
+        l2_config = TrainConfig(**{**config.__dict__, "weight_decay": strength})
+        run_training(trainable, training, l2_config, "train", hooks)
+    return write_back(trainable, model.proto)
 
 
 def _total_macs(model: onnx.ModelProto, sample: dict) -> int:

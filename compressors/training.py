@@ -33,6 +33,7 @@ class TrainConfig:
     temperature: float = 4.0  # softening for distillation, Hinton et al. 2015
     distill_weight: float = 0.5  # share of the KL term when labels are used too
     weight_decay: float = 0.0  # decoupled (AdamW); the l2 method sets it
+    lr_schedule: str = "cosine"  # lr decays to 0 over the run (prox thresholds too), or "constant"
     device: str = "auto"  # "auto" picks CUDA when present
 
 
@@ -155,12 +156,15 @@ def train(
                 loss = kl if ys is None else (1 - config.distill_weight) * loss + config.distill_weight * kl
             penalty = regularizer.penalty() if regularizer is not None else None
             total = loss if penalty is None else loss + penalty
+            global_step = (epoch - 1) * steps + step
+            lr = learning_rate(config, global_step, config.epochs * steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            global_step = (epoch - 1) * steps + step
             if regularizer is not None:
-                regularizer.after_step(global_step, config.lr)
+                regularizer.after_step(global_step, lr)
             if after_step is not None:
                 after_step()
             loss_sum += loss.item()
@@ -217,6 +221,15 @@ def train(
             )
     module.cpu()
     return TrainResult(history, time.perf_counter() - began, done_steps, start_epoch - 1)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The step size of optimizer step ``step`` (1-based) out of ``total_steps``."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * (step - 1) / max(total_steps, 1)))
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use constant or cosine")
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs on the compressed model")
     compress.add_argument("--strength", type=float, help="regularizer strength (per-method default)")
     compress.add_argument("--lr", type=float, help="learning rate (Adam)")
+    compress.add_argument("--lr-schedule", choices=["cosine", "constant"], help="step-size schedule (cosine)")
+    compress.add_argument(
+        "--strength-ramp", type=float, help="nuclear: share of training over which λ rises from 0"
+    )
     compress.add_argument("--batch-size", type=int, help="training batch size")
     compress.add_argument("--distill", action="store_true", help="distill from the original model")
     compress.add_argument("--seed", type=int, help="seed for data order and sampling")
@@ -79,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epochs", type=int, default=5, help="training epochs per strength")
     sweep.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs per point")
     sweep.add_argument("--lr", type=float, default=1e-3)
+    sweep.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    sweep.add_argument(
+        "--strength-ramp", type=float, default=0.0, help="nuclear: share of training over which λ rises"
+    )
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
     sweep.add_argument("--latency", action="store_true", help="measure batch-1 latency of every point")
     sweep.add_argument("-o", "--output", type=Path, required=True, help="folder for curve.csv/json/png")
@@ -239,9 +247,10 @@ def _sweep(args: argparse.Namespace) -> int:
         tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS,
         strengths,
         [int(s) for s in _floats(args.seeds, "--seeds")],
-        TrainConfig(epochs=args.epochs, lr=args.lr),
+        TrainConfig(epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule),
         args.finetune_epochs,
         args.latency,
+        ramp=args.strength_ramp,
     )
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
@@ -299,6 +308,8 @@ def spec_from_args(args: argparse.Namespace) -> dict:
             ("finetune_epochs", args.finetune_epochs),
             ("strength", args.strength),
             ("lr", args.lr),
+            ("lr_schedule", args.lr_schedule),
+            ("strength_ramp", args.strength_ramp),
             ("batch_size", args.batch_size),
             ("seed", args.seed),
         )

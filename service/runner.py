@@ -178,7 +178,9 @@ def compress(
     strength = spec.strength()
     if method == "nuclear":
         assert rule is not None
-        return nuclear.compress(model, training, rule, config, strength, finetune_epochs, hooks)
+        return nuclear.compress(
+            model, training, rule, config, strength, finetune_epochs, hooks, ramp=training_spec.strength_ramp
+        )
     if method == "l2":
         assert rule is not None
         return l2.compress(model, training, rule, config, strength, finetune_epochs, hooks)

@@ -53,8 +53,14 @@ class TrainingSpec(BaseModel):
     epochs: int = Field(5, ge=1, le=1000, description="regularized training epochs")
     batch_size: int = Field(64, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine decays the step size (and nuclear's prox threshold) to 0"
+    )
     strength: float | None = Field(
         None, ge=0.0, le=1e6, description="regularizer strength; per-method default"
+    )
+    strength_ramp: float = Field(
+        0.0, ge=0.0, le=1.0, description="nuclear: share of training over which λ rises from 0"
     )
     finetune_epochs: int = Field(0, ge=0, le=1000, description="epochs on the compressed model")
     distill: bool = Field(False, description="distill from the original (always on without labels)")
@@ -65,6 +71,7 @@ class TrainingSpec(BaseModel):
             epochs=epochs or self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
+            lr_schedule=self.lr_schedule,
             seed=self.seed,
             distill=self.distill,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from compressors.loading import load_model
 from compressors.lowrank import find_layers
 from compressors.methods.nuclear import NuclearProx, singular_value_threshold
 from compressors.methods.variational import K1, K2, K3, kl_approximation
-from compressors.training import TrainConfig, distillation_loss, train
+from compressors.training import TrainConfig, distillation_loss, learning_rate, train
 from compressors.views import weight_views
 from tests import builders
 
@@ -103,8 +104,10 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path)
         loaded, trainable = _mlp_module(tmp_path / str(len(list(tmp_path.iterdir()))))
         shapes, batch = analysis_shapes(loaded.proto)
         views = weight_views(trainable, loaded.proto, find_layers(loaded.proto, shapes, batch))
-        return trainable, NuclearProx(trainable.module, views, strength=0.5, prox_every=3)
+        prox = NuclearProx(trainable.module, views, strength=0.5, prox_every=3, ramp=0.5, total_steps=24)
+        return trainable, prox
 
+    assert config.lr_schedule == "cosine"  # the default: the step size changes every step
     whole, reg = fresh()
     train(whole.module, x, y, config, regularizer=reg)
 
@@ -129,6 +132,33 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path)
         whole.module.named_parameters(), resumed.module.named_parameters(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_ramped_strength_thresholds_by_the_sum_of_the_steps_it_stands_for(tmp_path: Path) -> None:
+    loaded, trainable = _mlp_module(tmp_path)
+    shapes, batch = analysis_shapes(loaded.proto)
+    views = weight_views(trainable, loaded.proto, find_layers(loaded.proto, shapes, batch))
+    prox = NuclearProx(trainable.module, views, strength=2.0, prox_every=4, ramp=0.5, total_steps=16)
+    assert [prox.strength_at(s) for s in (1, 4, 8, 9, 16)] == [0.25, 1.0, 2.0, 2.0, 2.0]
+    taus: list[float] = []
+    prox.prox = taus.append  # type: ignore[method-assign]
+    for step in range(1, 17):
+        prox.after_step(step, 0.1)
+    # λ(s) = 2·min(1, s/8); each prox covers 4 steps: lr·Σλ over them
+    expected = [0.1 * sum(2.0 * min(1.0, s / 8) for s in range(a, a + 4)) for a in (1, 5, 9, 13)]
+    assert taus == pytest.approx(expected)
+    with pytest.raises(ValueError, match="ramp"):
+        NuclearProx(trainable.module, views, strength=1.0, ramp=1.5, total_steps=16)
+
+
+def test_cosine_schedule_decays_the_step_size_to_zero() -> None:
+    config = TrainConfig(lr=0.1, lr_schedule="cosine")
+    rates = [learning_rate(config, s, 10) for s in range(1, 11)]
+    assert rates[0] == pytest.approx(0.1) and 0 < rates[-1] < 0.01
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert learning_rate(TrainConfig(lr=0.1, lr_schedule="constant"), 7, 10) == 0.1
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(TrainConfig(lr_schedule="step"), 1, 10)
 
 
 def test_write_back_puts_trained_weights_into_the_users_graph(tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ training time (``prox_every`` fixes k instead): the first prox waits for three m
 steps, then k = ⌈prox time / (0.1 · median step time)⌉. The threshold covers the k steps
 it stands for, so the total shrinkage per epoch does not depend on k. After training,
 layers are truncated by the shared rank rule (energy or target).
+
+Schedule. ``ramp`` > 0 raises λ linearly from 0 to its full value over that fraction of
+the training steps, then holds it: λ(s) = λ · min(1, s / (ramp · total steps)). The
+threshold of a prox is lr · Σ λ(s) over the steps it stands for.
 """
 
 from __future__ import annotations
@@ -67,10 +71,15 @@ class NuclearProx:
         strength: float,
         prox_every: int | None = None,
         overhead: float = 0.1,
+        ramp: float = 0.0,
+        total_steps: int = 0,
     ) -> None:
+        if not 0.0 <= ramp <= 1.0:
+            raise ValueError("ramp is a fraction of the training steps, between 0 and 1")
         self.params = dict(module.named_parameters())
         self.views = views
         self.strength = strength
+        self.ramp_steps = ramp * total_steps
         self.fixed = prox_every
         self.every = prox_every or 1
         self.overhead = overhead
@@ -92,7 +101,7 @@ class NuclearProx:
         # with an adaptive interval, the first prox waits until three step times are known
         warming = self.fixed is None and len(self._step_times) < 3
         if not warming and step - self.last >= self.every:
-            self.prox(lr * self.strength * (step - self.last))
+            self.prox(lr * sum(self.strength_at(s) for s in range(self.last + 1, step + 1)))
             self.last = step
             self._prox_seconds = time.perf_counter() - now
             if self.fixed is None:
@@ -100,6 +109,12 @@ class NuclearProx:
                 step_time = recent[len(recent) // 2]
                 self.every = max(1, math.ceil(self._prox_seconds / (self.overhead * max(step_time, 1e-9))))
         self._step_clock = time.perf_counter()
+
+    def strength_at(self, step: int) -> float:
+        """λ in effect at optimizer step ``step`` (1-based)."""
+        if self.ramp_steps <= 0:
+            return self.strength
+        return self.strength * min(1.0, step / self.ramp_steps)
 
     @torch.no_grad()
     def prox(self, tau: float) -> None:
@@ -146,16 +161,18 @@ def compress(
     finetune_epochs: int = 0,
     hooks: Hooks | None = None,
     prox_every: int | None = None,
+    ramp: float = 0.0,
 ) -> CompressionResult:
     """Train with the nuclear-norm prox, truncate by ``rule``, optionally fine-tune."""
     hooks = hooks or Hooks()
     trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    regularizer = NuclearProx(trainable.module, views, strength, prox_every)
+    regularizer = NuclearProx(
+        trainable.module, views, strength, prox_every, ramp=ramp, total_steps=training.steps(config)
+    )
     trained = run_training(trainable, training, config, "train", hooks, regularizer)
     regularized = write_back(trainable, model.proto)
     shapes, batch = analysis_shapes(regularized, training.sample_shapes)
     result = factorize(regularized, shapes, rule, batch)
-    result.training = {
-        "train": {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength}
-    }
+    summary = {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength}
+    result.training = {"train": {**summary, "ramp": ramp}}
     return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs on the compressed model")
     submit.add_argument("--strength", type=float, help="regularizer strength (per-method default)")
     submit.add_argument("--lr", type=float, help="learning rate")
+    submit.add_argument("--lr-schedule", choices=["cosine", "constant"], help="step-size schedule (cosine)")
+    submit.add_argument(
+        "--strength-ramp", type=float, help="nuclear: share of training over which λ rises from 0"
+    )
     submit.add_argument("--batch-size", type=int, help="training batch size")
     submit.add_argument("--seed", type=int, help="seed for data order and sampling")
     submit.add_argument("--distill", action="store_true", help="distill from the original model")
@@ -184,6 +188,8 @@ def _spec(args: argparse.Namespace) -> tuple[dict[str, float] | None, dict[str, 
             ("finetune_epochs", args.finetune_epochs),
             ("strength", args.strength),
             ("lr", args.lr),
+            ("lr_schedule", args.lr_schedule),
+            ("strength_ramp", args.strength_ramp),
             ("batch_size", args.batch_size),
             ("seed", args.seed),
         )
