@@ -3,8 +3,8 @@
 ``to_torch`` prepares a validated ONNX model for onnx2torch (float Constant nodes become
 initializers; opset > 17 is brought down with onnx.version_converter because onnx2torch
 stops at opset 17; ``Reshape(allowzero=1)``, which torch.onnx's dynamo exporter writes and
-onnx2torch refuses, becomes ``allowzero=0`` wherever the target shape holds no zero — the
-two are then identical), converts it, and makes every floating-point weight a trainable
+onnx2torch refuses, becomes ``allowzero=0`` unless its target is a constant holding a zero —
+see ``_relax_reshape_allowzero``), converts it, and makes every floating-point weight a trainable
 parameter. Each parameter is bound to the ONNX tensor it came from (matched by content,
 transposed for Gemm with transB=0), so ``write_back`` puts trained weights into the user's
 own graph: the artifact keeps the user's opset, names and structure, with no re-export.
@@ -78,15 +78,34 @@ def _hoist_constants(graph: onnx.GraphProto) -> None:
 
 
 def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
+    """``allowzero`` only matters where the target shape holds a 0, and with allowzero=1 a 0
+    in the target makes the output, hence the input, empty. Training never feeds empty
+    batches, so on every tensor training sees the two settings give the same result; the
+    user's graph keeps its own setting. Only a constant target holding a 0 (a Reshape that
+    always empties its input) is left as it is, and refused."""
     inits, made_by = initializers(graph), producers(graph)
     for node in graph.node:
         if node.op_type != "Reshape":
             continue
         for attr in node.attribute:
             if attr.name == "allowzero" and attr.i == 1:
-                shape = constant_array(node.input[1], inits, made_by)
-                if shape is not None and not (shape == 0).any():
-                    attr.i = 0  # with no 0 in the target, allowzero changes nothing
+                shape = _shape_constant(node.input[1], inits, made_by)
+                if shape is None or not (shape == 0).any():
+                    attr.i = 0
+
+
+def _shape_constant(
+    name: str, inits: dict[str, onnx.TensorProto], made_by: dict[str, onnx.NodeProto]
+) -> np.ndarray | None:
+    """A Reshape target that is constant: one tensor, or a Concat of constant pieces (how an
+    unoptimized dynamo export builds it)."""
+    node = made_by.get(name)
+    if node is not None and node.op_type == "Concat":
+        pieces = [_shape_constant(piece, inits, made_by) for piece in node.input]
+        if all(p is not None and p.ndim == 1 for p in pieces):
+            return np.concatenate([p for p in pieces if p is not None])
+        return None
+    return constant_array(name, inits, made_by)
 
 
 def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
@@ -110,7 +129,7 @@ def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
             )
     for node in prepared.graph.node:
         if node.op_type == "Reshape" and any(a.name == "allowzero" and a.i for a in node.attribute):
-            return False, "a Reshape with allowzero=1 takes a computed shape that may hold zeros"
+            return False, "a Reshape with allowzero=1 has a constant target shape holding a 0"
     return True, ""
 
 

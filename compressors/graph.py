@@ -63,6 +63,14 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output if out}
 
 
+_CONSTANT_LISTS = {
+    "value_ints": np.int64,
+    "value_int": np.int64,
+    "value_floats": np.float32,
+    "value_float": np.float32,
+}
+
+
 def constant_array(
     name: str,
     inits: Mapping[str, onnx.TensorProto],
@@ -79,6 +87,8 @@ def constant_array(
         for attr in node.attribute:
             if attr.name == "value":
                 return numpy_helper.to_array(attr.t)
+            if attr.name in _CONSTANT_LISTS:
+                return np.array(onnx.helper.get_attribute_value(attr), dtype=_CONSTANT_LISTS[attr.name])
         return None
     if node.op_type in ("Transpose", "Identity", "Cast") and node.input:
         inner = constant_array(node.input[0], inits, made_by)

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -172,19 +173,50 @@ def test_write_back_puts_trained_weights_into_the_users_graph(tmp_path: Path) ->
     np.testing.assert_allclose(metrics.predict(updated, x), expected, atol=1e-5)
 
 
-def test_reshape_allowzero_is_relaxed_only_when_the_shape_has_no_zero() -> None:
+def _reshape_model(target: np.ndarray | None) -> onnx.ModelProto:
+    """Reshape(allowzero=1) to a constant target, or (None) to one computed from the input."""
     from onnx import helper, numpy_helper
 
-    shape = numpy_helper.from_array(np.array([-1, 8], np.int64), "shape")
-    node = helper.make_node("Reshape", ["X", "shape"], ["Y"], allowzero=1)
+    nodes = [helper.make_node("Reshape", ["X", "shape"], ["Y"], allowzero=1)]
+    inits = []
+    if target is None:  # [batch, -1] built at run time, the way unoptimized exports write it
+        nodes[:0] = [
+            helper.make_node("Shape", ["X"], ["dims"], end=1),
+            helper.make_node("Constant", [], ["rest"], value_ints=[-1]),
+            helper.make_node("Concat", ["dims", "rest"], ["shape"], axis=0),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(target.astype(np.int64), "shape"))
     graph = helper.make_graph(
-        [node], "g", [builders.value("X", ["batch", 2, 4])], [builders.value("Y", ["batch", 8])], [shape]
+        nodes, "g", [builders.value("X", ["batch", 2, 4])], [builders.value("Y", ["batch", 8])], inits
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _allowzero(model: onnx.ModelProto) -> int:
+    (reshape,) = [n for n in model.graph.node if n.op_type == "Reshape"]
+    return next(a.i for a in reshape.attribute if a.name == "allowzero")
+
+
+@pytest.mark.parametrize("target", [np.array([-1, 8]), None], ids=["constant", "computed"])
+def test_reshape_allowzero_is_relaxed_for_training(target: np.ndarray | None) -> None:
+    model = _reshape_model(target)
     prepared = prepare(model)
     assert prepared.opset_import[0].version == 17
-    assert next(a.i for a in prepared.graph.node[0].attribute if a.name == "allowzero") == 0
+    assert _allowzero(prepared) == 0 and _allowzero(model) == 1  # the user's graph keeps its own
     assert check_retrainable(model) == (True, "")
+    trainable = to_torch(model)
+    x = np.arange(3 * 8, dtype=np.float32).reshape(3, 2, 4)
+    with torch.no_grad():
+        got = trainable.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, metrics.predict(model, x))
+
+
+def test_a_reshape_that_always_empties_its_input_is_not_relaxed() -> None:
+    model = _reshape_model(np.array([0, 8]))
+    assert _allowzero(prepare(model)) == 1
+    ok, why = check_retrainable(model)
+    assert not ok and "allowzero" in why
 
 
 def test_an_operator_without_a_converter_is_named() -> None:
