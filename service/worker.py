@@ -84,6 +84,8 @@ def execute(settings: Settings, job: Job, owner: str) -> str:
 
         def progress(p: Progress) -> None:
             nonlocal last_write
+            if p.stage == "done":
+                return  # artifacts are not published yet: finish() writes "done" with the status
             now = time.monotonic()
             if p.stage in ("train", "finetune") and now - last_write < 0.5:
                 return  # keep the database quiet; stage changes always go through
