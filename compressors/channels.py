@@ -128,9 +128,14 @@ class _Graph:
         return f"{node.op_type} '{node_label(node, index)}'"
 
 
-def group_norms(model: onnx.ModelProto, layer_names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def group_norms(
+    model: onnx.ModelProto,
+    layer_names: Iterable[str] | None = None,
+    affines: Mapping[str, list[str]] | None = None,
+) -> dict[str, np.ndarray]:
     """Per layer with output groups (all of them, or those named): the L2 norm of each output
-    neuron/filter's weights and bias, i.e. the groups group lasso penalizes. Zero entries are
+    neuron/filter's weights and bias, i.e. the groups group lasso penalizes, together with the
+    per-channel tensors ``affines`` names for it (see ``channel_affines``). Zero entries are
     the channels training has switched off; keep ``np.flatnonzero(norms > tol)``."""
     g = _index(model, {})
     labels = _labels(g)
@@ -146,7 +151,31 @@ def group_norms(model: onnx.ModelProto, layer_names: Iterable[str] | None = None
                 continue
             raise InvalidSpec(f"layer '{name}' has no output groups to measure: {tied.reason}.") from None
         norms[name] = _norms(g, groups, channels)
+        for tensor in (affines or {}).get(name, []):
+            value = g.constant(tensor)
+            if value is not None and value.size == channels:
+                norms[name] = np.sqrt(norms[name] ** 2 + np.square(value.astype(np.float64).reshape(-1)))
     return norms
+
+
+def channel_affines(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, list[str]]:
+    """Per removable layer: the per-channel scale and shift of every normalization its channels
+    pass through (BatchNormalization, InstanceNormalization). They belong in the layer's groups:
+    after a normalization a zero filter is not a zero channel (the output is the shift, and
+    the filter's scale no longer matters), so a channel is off only when they are zero too."""
+    g = _index(model, shapes)
+    found: dict[str, list[str]] = {}
+    for name, index in _labels(g).items():
+        try:
+            plan = _trace(g, index)
+        except _Tied:
+            continue
+        found[name] = [
+            g.nodes[cut.node].input[cut.slot]
+            for cut in plan.cuts
+            if g.nodes[cut.node].op_type in _NORMS and cut.slot in (1, 2)
+        ]
+    return found
 
 
 def prunable_layers(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, str | None]:

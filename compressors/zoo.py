@@ -92,8 +92,10 @@ def export(
     path: Path,
     dynamic_batch: bool = True,
     external_data: bool = True,
+    optimize: bool = True,
 ) -> Path:
-    """``torch.onnx.export(dynamo=True)``, quietly; returns the .onnx path."""
+    """``torch.onnx.export(dynamo=True)``, quietly; returns the .onnx path. ``optimize=False``
+    keeps BatchNormalization nodes that the optimizer would fold into the convolutions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     dynamic = ({0: "batch"},) if dynamic_batch else None  # positional: any forward argument name
@@ -106,6 +108,7 @@ def export(
             input_names=["x"],
             dynamic_shapes=dynamic,
             external_data=external_data,
+            optimize=optimize,
         )
     return path
 

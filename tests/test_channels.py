@@ -13,10 +13,15 @@ from torch import nn
 
 from compressors import metrics, zoo
 from compressors.channels import group_norms, prunable_layers, remove_channels
+from compressors.convert import write_back
 from compressors.errors import InvalidSpec
 from compressors.graph import constant_array, initializers, producers
 from compressors.inspection import analysis_shapes, inspect_model
+from compressors.loading import load_model
 from compressors.macs import count_params
+from compressors.methods.group_lasso import GroupLassoProx, TrainedGroupLasso, _bound_affines
+from compressors.ranks import Energy, Target
+from compressors.retrain import trainable_with_views
 from tests import builders
 
 
@@ -380,3 +385,68 @@ def test_a_conv_feeding_a_residual_add_is_tied_and_the_inner_one_pruned(tmp_path
     assert "residual" in result.tied[outer] and "Add" in result.tied[outer]
     x = np.random.default_rng(3).standard_normal((2, 4, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(_run(result.model, x)[0], _run(model, x)[0], atol=1e-5, rtol=0)
+
+
+def test_group_lasso_switches_off_channels_behind_a_batchnorm_exactly(tmp_path: Path) -> None:
+    """With BatchNormalization kept in the graph, a channel is off only when its BN scale and
+    shift are zero with its filter; the prox zeroes them as one group, so removal is exact."""
+    torch.manual_seed(0)
+    net = _ConvNet()
+    with torch.no_grad():
+        norm = net.features[1]
+        norm.bias.uniform_(0.5, 1.0)  # a zero filter alone would still emit these shifts
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    path = zoo.export(net, torch.zeros(2, 1, 8, 8), tmp_path / "bn.onnx", optimize=False)
+    loaded = load_model(path, tmp_path / "w")
+    assert "BatchNormalization" in [n.op_type for n in loaded.proto.graph.node]
+    shapes, _ = analysis_shapes(loaded.proto)
+    trainable, views = trainable_with_views(loaded.proto, None)
+    verdicts = prunable_layers(loaded.proto, shapes)
+    removable = [v for v in views if verdicts.get(v.layer) is None]
+    affines = _bound_affines(loaded.proto, shapes, trainable, removable)
+    first = removable[0]
+    assert len(affines[first.layer]) == 2  # the BN's scale and shift
+    prox = GroupLassoProx(
+        trainable.module, [first], 1.0, {first.param: [param for param, _ in affines[first.layer]]}
+    )
+    norms = prox._rows(first).norm(dim=1)
+    prox.after_step(1, float(norms.sort().values[1]) + 1e-6)  # threshold: the 2nd smallest group
+    source = write_back(trainable, loaded.proto)
+    trained = TrainedGroupLasso(
+        source, {}, [first.layer], summary={}, affines={first.layer: [t for _, t in affines[first.layer]]}
+    )
+    result = trained.remove(Energy(1.0))
+    first_conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
+    assert _array(result.model, first_conv.name, 1).shape[0] == 2  # 2 of 4 filters removed
+    (norm_node,) = [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
+    assert _array(result.model, norm_node.name, 1).shape == (2,)  # and their BN entries
+    x = _random(5, 1, 8, 8, seed=3)
+    with torch.no_grad():
+        expected = trainable.module.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(source, x)[0], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_run(result.model, x)[0], expected, atol=1e-5, rtol=0)
+
+
+def test_a_target_removes_zeroed_groups_first_then_the_weakest_of_each_layer(tmp_path: Path) -> None:
+    """Norms are compared relative to their own layer: a layer whose weights are on a small
+    scale (ReLU lets a layer be scaled down and the next scaled up) is not emptied first."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[0].weight[[2, 7]] = 0
+        net[0].bias[[2, 7]] = 0
+        net[2].weight.mul_(0.01)  # same function: the next layer makes up for it
+        net[2].bias.mul_(0.01)
+        net[4].weight.mul_(100.0)
+    path = zoo.export(_Named(net), torch.zeros(2, 6), tmp_path / "mlp.onnx")
+    model = onnx.load(str(path))
+    first, second, _ = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    trained = TrainedGroupLasso(model, {}, [first, second], summary={})
+    result = trained.remove(Target(0.5, "macs"))
+    widths = {
+        name: _array(result.model, name, 1).shape[0] for name in (first, second)
+    }  # Gemm weights are out × in here (transB=1)
+    assert widths[first] <= 14  # the two zeroed neurons went
+    assert widths[second] >= 9  # the small-scale layer lost only its weakest neurons
+    assert inspect_model(result.model).macs <= 0.5 * inspect_model(model).macs

@@ -1,15 +1,22 @@
 """``group_lasso``: fine-tune with λ Σ_g ‖W_g‖₂ over output neurons/filters, then remove them.
 
 Groups are the rows of each layer's out × in matrix (a conv filter, a neuron's weights)
-together with the layer's bias entry when torch keeps one. After each optimizer step the
+together with the layer's bias entry when torch keeps one, and the channel's scale and shift
+in any BatchNormalization the channel passes through (``channels.channel_affines``): after
+a normalization the filter's scale does not matter and a zero filter still emits the shift,
+so without them the penalty shrinks filters that the normalization scales back up, and
+switches no channel off (the network-slimming observation, Liu et al. 2017). After each optimizer step the
 group prox W_g ← W_g · max(0, 1 − lr·λ/‖W_g‖) (group soft-thresholding, Wen et al. 2016)
 switches whole groups to exactly zero. Only layers whose channels can be physically
 removed (``compressors.channels.prunable_layers``) are penalized; layers tied by a
 residual Add are left alone and reported.
 
 Removal: ``Energy(1.0)`` removes exactly the zeroed groups; ``Energy(e)`` keeps per layer
-the largest groups holding ≥ e of Σ‖W_g‖²; a ``Target`` removes the groups with the smallest
-RMS norm, model-wide, until params or MACs reach the target (smallest count that does).
+the largest groups holding ≥ e of Σ‖W_g‖²; a ``Target`` removes groups model-wide in order
+of their norm relative to the mean group norm of their own layer (zeroed groups first),
+until params or MACs reach the target (smallest count that does). Raw norms are not
+comparable across layers: fan-in, normalizations and ReLU's scale freedom set each
+layer's scale, and ranking by them empties whichever layer happens to be small.
 """
 
 from __future__ import annotations
@@ -22,8 +29,14 @@ import numpy as np
 import onnx
 import torch
 
-from compressors.channels import ChannelRemoval, group_norms, prunable_layers, remove_channels
-from compressors.convert import write_back
+from compressors.channels import (
+    ChannelRemoval,
+    channel_affines,
+    group_norms,
+    prunable_layers,
+    remove_channels,
+)
+from compressors.convert import TrainableModel, write_back
 from compressors.errors import InvalidSpec
 from compressors.inspection import analysis_shapes
 from compressors.loading import LoadedModel
@@ -44,19 +57,27 @@ from compressors.views import WeightView
 
 
 class GroupLassoProx:
-    def __init__(self, module: torch.nn.Module, views: list[WeightView], strength: float) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        views: list[WeightView],
+        strength: float,
+        affines: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        """``affines`` maps a view's parameter to per-channel parameters in its groups."""
         self.params = dict(module.named_parameters())
         self.views = views
         self.strength = strength
+        self.affines = {v.param: list((affines or {}).get(v.param, [])) for v in views}
 
     def penalty(self) -> None:
         return None
 
     def _rows(self, view: WeightView) -> torch.Tensor:
         rows = view.matrix(self.params[view.param].detach())
-        if view.bias is not None:
-            rows = torch.cat([rows, self.params[view.bias].detach().reshape(-1, 1)], dim=1)
-        return rows
+        extra = ([view.bias] if view.bias is not None else []) + self.affines[view.param]
+        columns = [self.params[name].detach().reshape(-1, 1) for name in extra]
+        return torch.cat([rows, *columns], dim=1) if columns else rows
 
     @torch.no_grad()
     def after_step(self, step: int, lr: float) -> None:
@@ -66,8 +87,8 @@ class GroupLassoProx:
             scale = (1 - tau / rows.norm(dim=1).clamp_min(1e-12)).clamp_min(0)
             weight = self.params[view.param]
             view.assign(weight, view.matrix(weight.detach()) * scale[:, None])
-            if view.bias is not None:
-                self.params[view.bias].mul_(scale)
+            for name in ([view.bias] if view.bias is not None else []) + self.affines[view.param]:
+                self.params[name].mul_(scale)
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
@@ -94,10 +115,11 @@ class TrainedGroupLasso:
     layers: list[str]  # penalized (removable) layers
     tied: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    affines: dict[str, list[str]] = field(default_factory=dict)  # layer -> normalization tensors
 
     def remove(self, rule: RankRule) -> CompressionResult:
         shapes, batch = analysis_shapes(self.source, self.sample_shapes)
-        norms = group_norms(self.source, self.layers)
+        norms = group_norms(self.source, self.layers, self.affines)
         if isinstance(rule, Energy):
             keep = {name: _keep_by_energy(n, rule.energy) for name, n in norms.items()}
             removal = remove_channels(self.source, keep, shapes)
@@ -126,11 +148,12 @@ def _remove_to_target(
     shapes: Mapping[str, tuple[int, ...]],
     sample: dict[str, tuple[int, ...]],
 ) -> ChannelRemoval:
-    """Remove the k lowest-RMS groups model-wide, with the smallest k that meets the target."""
+    """Remove the k groups with the lowest norm relative to their layer's mean, model-wide,
+    with the smallest k that meets the target."""
     before = _cost(model, rule.metric, sample)
     scored = sorted(
         (
-            (float(n[c]) / np.sqrt(max(len(n), 1)), name, c)
+            (float(n[c]) / max(float(n.mean()), 1e-30), name, c)
             for name, n in norms.items()
             for c in range(len(n))
         ),
@@ -211,9 +234,14 @@ def train_group_lasso(
     verdicts = prunable_layers(model.proto, shapes)
     trainable, views = trainable_with_views(model.proto, training.sample_shapes)
     removable = [v for v in views if verdicts.get(v.layer) is None]
-    trained = run_training(
-        trainable, training, config, "train", hooks, GroupLassoProx(trainable.module, removable, strength)
+    affines = _bound_affines(model.proto, shapes, trainable, removable)
+    prox = GroupLassoProx(
+        trainable.module,
+        removable,
+        strength,
+        {v.param: [param for param, _ in affines.get(v.layer, [])] for v in removable},
     )
+    trained = run_training(trainable, training, config, "train", hooks, prox)
     tied = {name: why for name, why in verdicts.items() if why is not None}
     return TrainedGroupLasso(
         write_back(trainable, model.proto),
@@ -221,7 +249,21 @@ def train_group_lasso(
         [v.layer for v in removable],
         tied,
         {**stage_summary(trained), "strength": strength},
+        {layer: [tensor for _, tensor in pairs] for layer, pairs in affines.items()},
     )
+
+
+def _bound_affines(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, tuple[int, ...]],
+    trainable: TrainableModel,
+    views: list[WeightView],
+) -> dict[str, list[tuple[str, str]]]:
+    """Per removable layer, (torch parameter, ONNX tensor) of the normalization scales and
+    shifts its channels pass through, where training can move them."""
+    by_tensor = {binding.tensor: param for param, binding in trainable.bindings.items()}
+    found = channel_affines(model, shapes)
+    return {v.layer: [(by_tensor[t], t) for t in found.get(v.layer, []) if t in by_tensor] for v in views}
 
 
 def compress(
