@@ -152,6 +152,21 @@ def test_ramped_strength_thresholds_by_the_sum_of_the_steps_it_stands_for(tmp_pa
         NuclearProx(trainable.module, views, strength=1.0, ramp=1.5, total_steps=16)
 
 
+def test_stats_reuse_the_spectrum_the_last_prox_left(tmp_path: Path) -> None:
+    loaded, trainable = _mlp_module(tmp_path)
+    shapes, batch = analysis_shapes(loaded.proto)
+    views = weight_views(trainable, loaded.proto, find_layers(loaded.proto, shapes, batch))
+    prox = NuclearProx(trainable.module, views, strength=1.0, prox_every=1)
+    before = prox.stats()  # no prox yet: computed from the weights
+    prox.prox(0.3)
+    cached = prox.stats()
+    prox._spectra = None
+    fresh = prox.stats()  # recomputed from the thresholded weights
+    assert cached["nuclear_norm"] == pytest.approx(fresh["nuclear_norm"], rel=1e-6)
+    assert cached["rank90_ratio"] == pytest.approx(fresh["rank90_ratio"])
+    assert cached["nuclear_norm"] < before["nuclear_norm"]
+
+
 def test_cosine_schedule_decays_the_step_size_to_zero() -> None:
     config = TrainConfig(lr=0.1, lr_schedule="cosine")
     rates = [learning_rate(config, s, 10) for s in range(1, 11)]

@@ -50,6 +50,11 @@ from compressors.views import WeightView
 @torch.no_grad()
 def singular_value_threshold(matrices: torch.Tensor, tau: float) -> torch.Tensor:
     """SVT of a batch (B, m, n) of matrices through the Gram matrix of the smaller side, fp64."""
+    return _threshold(matrices, tau)[0]
+
+
+def _threshold(matrices: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SVT of the batch, its singular values after thresholding, ascending, fp64)."""
     wide = matrices.shape[-2] <= matrices.shape[-1]
     w = matrices.double() if wide else matrices.double().transpose(-1, -2)
     gram = w @ w.transpose(-1, -2)
@@ -58,7 +63,7 @@ def singular_value_threshold(matrices: torch.Tensor, tau: float) -> torch.Tensor
     scale = torch.where(sigma > tau, (sigma - tau) / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
     shrunk = u @ (scale.unsqueeze(-1) * (u.transpose(-1, -2) @ w))
     out = shrunk if wide else shrunk.transpose(-1, -2)
-    return out.to(matrices.dtype)
+    return out.to(matrices.dtype), (sigma - tau).clamp_min(0)
 
 
 class NuclearProx:
@@ -87,6 +92,7 @@ class NuclearProx:
         self._step_clock = time.perf_counter()
         self._step_times: list[float] = []
         self._prox_seconds = 0.0
+        self._spectra: list[torch.Tensor] | None = None  # σ per group after the last prox
         by_shape: dict[tuple[int, ...], list[WeightView]] = defaultdict(list)
         for view in views:
             by_shape[tuple(view.matrix(self.params[view.param]).shape)].append(view)
@@ -118,22 +124,23 @@ class NuclearProx:
 
     @torch.no_grad()
     def prox(self, tau: float) -> None:
+        spectra = []
         for group in self.groups:
             stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group])
-            shrunk = singular_value_threshold(stacked, tau)
+            shrunk, sigma = _threshold(stacked, tau)
+            spectra.append(sigma)
             for view, matrix in zip(group, shrunk, strict=True):
                 view.assign(self.params[view.param], matrix)
+        self._spectra = spectra
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """Once per epoch: ‖W‖* and the share of rank holding 90% of the energy, from the
-        eigenvalues of the stacked Gram matrices (σ² = eig(W Wᵀ)), as cheap as one prox."""
+        """Once per epoch: ‖W‖* and the share of rank holding 90% of the energy, as of the
+        last prox, from the singular values it left (free). Before any prox they come from
+        the eigenvalues of the stacked Gram matrices (σ² = eig(W Wᵀ)), as dear as a prox."""
         norm = kept = full = 0.0
-        for group in self.groups:
-            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group]).double()
-            wide = stacked.shape[-2] <= stacked.shape[-1]
-            gram = stacked @ stacked.transpose(-1, -2) if wide else stacked.transpose(-1, -2) @ stacked
-            squares = torch.linalg.eigvalsh(gram).clamp_min(0).flip(-1)  # σ², descending
+        for squares in self._squares():
+            squares = squares.flip(-1)  # σ², descending
             norm += float(squares.sqrt().sum())
             energy = torch.cumsum(squares, -1) / squares.sum(-1, keepdim=True).clamp_min(1e-30)
             kept += float(((energy < 0.9).sum(-1) + 1).sum())
@@ -144,6 +151,18 @@ class NuclearProx:
             "rank90_ratio": kept / max(full, 1),
             "prox_every": float(self.every),
         }
+
+    def _squares(self) -> list[torch.Tensor]:
+        """σ² per group, ascending: from the last prox, else computed now."""
+        if self._spectra is not None:
+            return [sigma.square() for sigma in self._spectra]
+        squares = []
+        for group in self.groups:
+            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group]).double()
+            wide = stacked.shape[-2] <= stacked.shape[-1]
+            gram = stacked @ stacked.transpose(-1, -2) if wide else stacked.transpose(-1, -2) @ stacked
+            squares.append(torch.linalg.eigvalsh(gram).clamp_min(0))
+        return squares
 
     def state_dict(self) -> dict[str, Any]:
         return {"every": self.every, "last": self.last}
