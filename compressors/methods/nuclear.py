@@ -54,14 +54,21 @@ def singular_value_threshold(matrices: torch.Tensor, tau: float) -> torch.Tensor
 
 
 def _threshold(matrices: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SVT of the batch, its singular values after thresholding, ascending, fp64)."""
+    """(SVT of the batch, its singular values after thresholding, ascending, fp64).
+
+    The Gram matrix and its eigendecomposition are fp64: small singular values are square
+    roots of small eigenvalues, which fp32 would lose next to the large ones. Applying the
+    projection, U diag(scale) Uᵀ W, runs in the weights' own precision (at least fp32): its
+    rounding is that of storing the result, and it is the costliest step."""
     wide = matrices.shape[-2] <= matrices.shape[-1]
-    w = matrices.double() if wide else matrices.double().transpose(-1, -2)
-    gram = w @ w.transpose(-1, -2)
-    eigenvalues, u = torch.linalg.eigh(gram)
+    w = matrices if wide else matrices.transpose(-1, -2)
+    w64 = w.double()
+    eigenvalues, u = torch.linalg.eigh(w64 @ w64.transpose(-1, -2))
     sigma = eigenvalues.clamp_min(0).sqrt()
     scale = torch.where(sigma > tau, (sigma - tau) / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
-    shrunk = u @ (scale.unsqueeze(-1) * (u.transpose(-1, -2) @ w))
+    work = torch.promote_types(matrices.dtype, torch.float32)
+    u, w = u.to(work), w.to(work)
+    shrunk = u @ (scale.to(work).unsqueeze(-1) * (u.transpose(-1, -2) @ w))
     out = shrunk if wide else shrunk.transpose(-1, -2)
     return out.to(matrices.dtype), (sigma - tau).clamp_min(0)
 
