@@ -7,6 +7,7 @@ would lose jobs or leak data are refused before the server starts.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     executor: Literal["local", "celery"] = "local"
     broker_url: str | None = Field(None, description="Celery broker (redis:// or amqp://)")
     workers: int = Field(1, ge=0, le=64, description="local worker processes started by serve")
+    worker_threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads per local worker; default cores ÷ (workers + 1)"
+    )
     max_model_bytes: int = Field(2 * GiB, ge=1)
     max_dataset_bytes: int = Field(1 * GiB, ge=1)
     max_attempts: int = Field(3, ge=1, le=20, description="runs of a job before it is failed")
@@ -35,6 +39,12 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'modelpress.db').resolve()}"
+
+    def local_worker_threads(self, cores: int | None = None) -> int:
+        """Threads one local worker trains with: the API keeps a share of the cores."""
+        if self.worker_threads is not None:
+            return self.worker_threads
+        return max(1, (cores or os.cpu_count() or 1) // (max(self.workers, 1) + 1))
 
     @property
     def artifacts_dir(self) -> Path:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +250,20 @@ def test_oversized_and_aborted_uploads(tmp_path: Path) -> None:
         assert not staging.exists() or not list(staging.iterdir())
     finally:
         limited.stop()
+
+
+def test_local_workers_leave_the_api_a_share_of_the_cores() -> None:
+    from service.settings import Settings
+
+    assert Settings(workers=1).local_worker_threads(cores=2) == 1
+    assert Settings(workers=2).local_worker_threads(cores=16) == 5
+    assert Settings(workers=4).local_worker_threads(cores=2) == 1
+    assert Settings(workers=1, worker_threads=3).local_worker_threads(cores=2) == 3
+    # what a worker process does first, before anything imports torch
+    code = (
+        "from service.executors.local import cap_threads; cap_threads(1); "
+        "import torch; print(torch.get_num_threads())"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # what torch would take without the cap
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -36,10 +36,24 @@ def _worker_main(settings_json: str) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     from service.logs import configure_logging
     from service.settings import Settings
+
+    settings = Settings.model_validate_json(settings_json)
+    cap_threads(settings.local_worker_threads())
     from service.worker import run_local_worker
 
     configure_logging()
-    run_local_worker(Settings.model_validate_json(settings_json))
+    run_local_worker(settings)
+
+
+def cap_threads(threads: int) -> None:
+    """Training in a worker beside the API would otherwise take every core (torch's default)
+    and slow the API's answers; set before torch is imported, and on torch if it already is."""
+    import os
+    import sys
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 class WorkerPool:
