@@ -43,6 +43,10 @@ class TrainableModel:
     bindings: dict[str, Binding] = field(default_factory=dict)  # parameter name -> tensor
     frozen: list[str] = field(default_factory=list)  # weights we could not bind, kept fixed
 
+    def parameter_of(self, tensor: str) -> str | None:
+        """The trainable parameter bound to ONNX tensor ``tensor``, if any."""
+        return next((name for name, b in self.bindings.items() if b.tensor == tensor), None)
+
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` that onnx2torch can convert, with identical semantics."""

@@ -19,16 +19,15 @@ import numpy as np
 import onnx
 
 from compressors import metrics
-from compressors.convert import write_back
 from compressors.errors import InvalidSpec
 from compressors.inspection import analysis_shapes
 from compressors.loading import LoadedModel
 from compressors.lowrank import factorize
 from compressors.macs import count_params
-from compressors.methods import l1, nuclear, variational
+from compressors.methods import l1, l2, nuclear, variational
 from compressors.ranks import Target
 from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finetune, run_training, trainable_with_views
+from compressors.retrain import Hooks, TrainingData, finetune
 from compressors.sparsity import magnitude_prune
 from compressors.training import TrainConfig
 
@@ -207,25 +206,15 @@ def regularize(
     if method not in ("nuclear", "l2", "l1"):
         return model.proto
     assert strength is not None
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
     if method == "nuclear":
-        regularizer: Any = nuclear.NuclearProx(
-            trainable.module,
-            views,
-            strength,
-            spec.prox_every,
-            ramp=spec.ramp,
-            total_steps=training.steps(config),
+        trained, _ = nuclear.train_nuclear(
+            model, training, config, strength, hooks, spec.prox_every, spec.ramp
         )
-        run_training(trainable, training, config, "train", hooks, regularizer)
     elif method == "l1":
-        run_training(
-            trainable, training, config, "train", hooks, l1.L1Prox(trainable.module, views, strength)
-        )
+        trained, _ = l1.train_l1(model, training, config, strength, hooks)
     else:
-        l2_config = TrainConfig(**{**config.__dict__, "weight_decay": strength})
-        run_training(trainable, training, l2_config, "train", hooks)
-    return write_back(trainable, model.proto)
+        trained, _ = l2.train_l2(model, training, config, strength, hooks)
+    return trained
 
 
 def _total_macs(model: onnx.ModelProto, sample: dict) -> int:

@@ -45,7 +45,6 @@ def weight_views(trainable: TrainableModel, model: onnx.ModelProto, layers: list
     """Views for the eligible layers whose weight is a trainable, bound parameter."""
     graph = model.graph
     inits, made_by = initializers(graph), producers(graph)
-    by_tensor = {b.tensor: name for name, b in trainable.bindings.items()}
     params = dict(trainable.module.named_parameters())
     views = []
     for layer in layers:
@@ -57,7 +56,7 @@ def weight_views(trainable: TrainableModel, model: onnx.ModelProto, layers: list
         ):
             flips += made_by[tensor].op_type == "Transpose"
             tensor = made_by[tensor].input[0]
-        name = by_tensor.get(tensor)
+        name = trainable.parameter_of(tensor)
         if name is None or not params[name].requires_grad:
             continue
         node = graph.node[layer.index]

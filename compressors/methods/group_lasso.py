@@ -261,9 +261,9 @@ def _bound_affines(
 ) -> dict[str, list[tuple[str, str]]]:
     """Per removable layer, (torch parameter, ONNX tensor) of the normalization scales and
     shifts its channels pass through, where training can move them."""
-    by_tensor = {binding.tensor: param for param, binding in trainable.bindings.items()}
     found = channel_affines(model, shapes)
-    return {v.layer: [(by_tensor[t], t) for t in found.get(v.layer, []) if t in by_tensor] for v in views}
+    bound = {v.layer: [(trainable.parameter_of(t), t) for t in found.get(v.layer, [])] for v in views}
+    return {layer: [(p, t) for p, t in pairs if p is not None] for layer, pairs in bound.items()}
 
 
 def compress(

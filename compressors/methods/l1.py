@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import onnx
 import torch
 
 from compressors.convert import write_back
@@ -58,6 +59,16 @@ class L1Prox:
         return None
 
 
+def train_l1(
+    model: LoadedModel, training: TrainingData, config: TrainConfig, strength: float, hooks: Hooks
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The user's graph with weights trained under the l1 prox, and the stage's summary."""
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    prox = L1Prox(trainable.module, views, strength)
+    trained = run_training(trainable, training, config, "train", hooks, prox)
+    return write_back(trainable, model.proto), {**stage_summary(trained), "strength": strength}
+
+
 def compress(
     model: LoadedModel,
     training: TrainingData,
@@ -68,12 +79,8 @@ def compress(
     hooks: Hooks | None = None,
 ) -> CompressionResult:
     hooks = hooks or Hooks()
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    trained = run_training(
-        trainable, training, config, "train", hooks, L1Prox(trainable.module, views, strength)
-    )
-    sparse = write_back(trainable, model.proto)
+    sparse, summary = train_l1(model, training, config, strength, hooks)
     shapes, batch = analysis_shapes(sparse, training.sample_shapes)
     result = magnitude_prune(sparse, shapes, rule, batch)
-    result.training = {"train": {**stage_summary(trained), "strength": strength}}
+    result.training = {"train": summary}
     return finish(result, training, config, finetune_epochs, hooks, keep_zeros=True)

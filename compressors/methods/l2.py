@@ -7,6 +7,9 @@ every trainable weight; then the same truncation as ``nuclear`` and ``svd``.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
+
+import onnx
 
 from compressors.convert import write_back
 from compressors.inspection import analysis_shapes
@@ -25,6 +28,15 @@ from compressors.retrain import (
 from compressors.training import TrainConfig
 
 
+def train_l2(
+    model: LoadedModel, training: TrainingData, config: TrainConfig, strength: float, hooks: Hooks
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The user's graph with weights trained under weight decay ``strength``, and the summary."""
+    trainable, _ = trainable_with_views(model.proto, training.sample_shapes)
+    trained = run_training(trainable, training, replace(config, weight_decay=strength), "train", hooks)
+    return write_back(trainable, model.proto), {**stage_summary(trained), "strength": strength}
+
+
 def compress(
     model: LoadedModel,
     training: TrainingData,
@@ -35,10 +47,8 @@ def compress(
     hooks: Hooks | None = None,
 ) -> CompressionResult:
     hooks = hooks or Hooks()
-    trainable, _ = trainable_with_views(model.proto, training.sample_shapes)
-    trained = run_training(trainable, training, replace(config, weight_decay=strength), "train", hooks)
-    decayed = write_back(trainable, model.proto)
+    decayed, summary = train_l2(model, training, config, strength, hooks)
     shapes, batch = analysis_shapes(decayed, training.sample_shapes)
     result = factorize(decayed, shapes, rule, batch)
-    result.training = {"train": {**stage_summary(trained), "strength": strength}}
+    result.training = {"train": summary}
     return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import onnx
 import torch
 
 from compressors.convert import write_back
@@ -178,6 +179,25 @@ class NuclearProx:
         self.every, self.last = int(state["every"]), int(state["last"])
 
 
+def train_nuclear(
+    model: LoadedModel,
+    training: TrainingData,
+    config: TrainConfig,
+    strength: float,
+    hooks: Hooks,
+    prox_every: int | None = None,
+    ramp: float = 0.0,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The user's graph with weights trained under the nuclear-norm prox, and the stage's summary."""
+    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
+    regularizer = NuclearProx(
+        trainable.module, views, strength, prox_every, ramp=ramp, total_steps=training.steps(config)
+    )
+    trained = run_training(trainable, training, config, "train", hooks, regularizer)
+    summary = {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength, "ramp": ramp}
+    return write_back(trainable, model.proto), summary
+
+
 def compress(
     model: LoadedModel,
     training: TrainingData,
@@ -191,14 +211,8 @@ def compress(
 ) -> CompressionResult:
     """Train with the nuclear-norm prox, truncate by ``rule``, optionally fine-tune."""
     hooks = hooks or Hooks()
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    regularizer = NuclearProx(
-        trainable.module, views, strength, prox_every, ramp=ramp, total_steps=training.steps(config)
-    )
-    trained = run_training(trainable, training, config, "train", hooks, regularizer)
-    regularized = write_back(trainable, model.proto)
+    regularized, summary = train_nuclear(model, training, config, strength, hooks, prox_every, ramp)
     shapes, batch = analysis_shapes(regularized, training.sample_shapes)
     result = factorize(regularized, shapes, rule, batch)
-    summary = {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength}
-    result.training = {"train": {**summary, "ramp": ramp}}
+    result.training = {"train": summary}
     return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)
