@@ -20,8 +20,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,7 +38,7 @@ from compressors.loading import load_model  # noqa: E402
 from compressors.lowrank import factorize  # noqa: E402
 from compressors.ranks import Energy  # noqa: E402
 from compressors.retrain import Hooks, TrainingData  # noqa: E402
-from compressors.sweep import Curve, Point, SweepSpec, plot_curve, regularize, sweep  # noqa: E402
+from compressors.sweep import Curve, SweepSpec, plot_curve, regularize, sweep  # noqa: E402
 from compressors.training import TrainConfig  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
@@ -87,7 +89,7 @@ def build_models(quick: bool) -> dict[str, Path]:
     return built
 
 
-def best_reduction(points: list[Point], baseline: float, axis: str) -> float | None:
+def best_reduction(points: Sequence[Any], baseline: float, axis: str) -> float | None:
     """Largest 1/ratio among points within DROP of the baseline (None when none is)."""
     ok = [getattr(p, axis) for p in points if p.accuracy >= baseline - DROP]
     return 1.0 / min(ok) if ok else None
@@ -319,9 +321,7 @@ def render_tables(runs: dict[str, dict], seeds: list[int], seconds: float) -> st
             "| accuracy at 0.0625 MACs |",
             "|---|---|---|---|",
         ]
-        for key, ablation in run["ablation"].items():
-            method, finetune = key.split("|")
-            lines.append(f"| {_arm(method)} | {finetune} epochs | {_row(ablation, method, seeds, curve)} |")
+        lines += _ablation_rows(run["ablation"], seeds, curve, " epochs")
         lines += [
             "",
             "Schedule ablation: the same strengths trained with a constant or a cosine step size "
@@ -330,9 +330,7 @@ def render_tables(runs: dict[str, dict], seeds: list[int], seconds: float) -> st
             "| arm | schedule | MACs reduction at ≤1% drop | accuracy at 0.0625 MACs |",
             "|---|---|---|---|",
         ]
-        for key, scheduled in run["schedules"].items():
-            method, label = key.split("|")
-            lines.append(f"| {_arm(method)} | {label} | {_row(scheduled, method, seeds, curve)} |")
+        lines += _ablation_rows(run["schedules"], seeds, curve)
         lines += [
             "",
             "Truncation-rule ablation: the same trained models cut by a per-layer energy threshold "
@@ -360,14 +358,8 @@ def render_tables(runs: dict[str, dict], seeds: list[int], seconds: float) -> st
         for method in ABLATION:
             per_seed = []
             for seed in seeds if ABLATION[method][0] else seeds[:1]:
-                ok = [
-                    r["macs_ratio"]
-                    for r in rows
-                    if r["method"] == method
-                    and r["seed"] == seed
-                    and r["accuracy"] >= curve.baseline_accuracy - DROP
-                ]
-                per_seed.append(1.0 / min(ok) if ok else 1.0)
+                mine = [SimpleNamespace(**r) for r in rows if r["method"] == method and r["seed"] == seed]
+                per_seed.append(best_reduction(mine, curve.baseline_accuracy, "macs_ratio") or 1.0)
             budget = summarize(
                 Curve(
                     curve.baseline_accuracy,
@@ -380,6 +372,15 @@ def render_tables(runs: dict[str, dict], seeds: list[int], seconds: float) -> st
             lines.append(f"- {_arm(method)}: energy rule {fmt(per_seed)}, global budget {fmt(budget)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ablation_rows(arms: dict[str, Curve], seeds: list[int], curve: Curve, unit: str = "") -> list[str]:
+    """Table rows for arms keyed "method|setting"."""
+    rows = []
+    for key, points in arms.items():
+        method, setting = key.split("|")
+        rows.append(f"| {_arm(method)} | {setting}{unit} | {_row(points, method, seeds, curve)} |")
+    return rows
 
 
 def _arm(method: str) -> str:
