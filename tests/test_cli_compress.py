@@ -137,3 +137,43 @@ def test_unreachable_target_is_one_line_exit_2(digits_mlp_onnx: Path, tmp_path: 
     )
     assert done.returncode == 2
     assert "invalid-spec" in done.stderr and done.stderr.strip().count("\n") == 0
+
+
+def test_sweep_writes_curves_for_factorizing_structured_and_unstructured_methods(
+    digits_mlp_onnx: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "curve"
+    done = run_cli(
+        "sweep",
+        str(digits_mlp_onnx),
+        "--data",
+        "digits",
+        "--methods",
+        "svd,l2,nuclear,l1,group_lasso",
+        "--targets",
+        "0.5,0.25",
+        *("--strengths", "l2=1", "--strengths", "nuclear=1,3", "--strengths", "l1=0.5"),
+        *("--strengths", "group_lasso=1", "--strength-ramp", "0.5", "--epochs", "1"),
+        "-o",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    curve = json.loads((out / "curve.json").read_text())
+    points = curve["points"]
+    counts = {m: sum(p["method"] == m for p in points) for m in ("svd", "l2", "nuclear", "l1", "group_lasso")}
+    assert counts == {"svd": 2, "l2": 2, "nuclear": 4, "l1": 2, "group_lasso": 2}  # strengths × targets
+    assert curve["baseline_accuracy"] > 0.8
+    for p in points:
+        if p["method"] == "l1":  # unstructured: nonzeros shrink, MACs do not
+            assert p["macs_ratio"] == 1.0 and abs(p["params_ratio"] - p["target"]) <= 0.02
+        else:
+            assert p["macs_ratio"] <= p["target"] + 0.03
+    nuclear = {
+        p["strength"]: p["accuracy"] for p in points if p["method"] == "nuclear" and p["target"] == 0.5
+    }
+    assert set(nuclear) == {1.0, 3.0}  # one training per strength, truncated at every target
+    front = {json.dumps(p, sort_keys=True) for p in curve["pareto_macs"]}
+    assert front and front <= {json.dumps(p, sort_keys=True) for p in points}
+    rows = (out / "curve.csv").read_text().strip().splitlines()
+    assert len(rows) == len(points) + 1
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
