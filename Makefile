@@ -39,7 +39,7 @@ bench: install
 	$(BIN)/python bench/service.py
 
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/python -m examples.demo
 
 openapi: install
 	$(BIN)/python -m service.openapi_export

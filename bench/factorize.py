@@ -2,7 +2,7 @@
 smaller, and does the pipeline cost little more than the SVD it cannot avoid?
 
 Two models are built here with random weights (never downloaded) and exported the way users
-export theirs (``compressors.zoo.export``, dynamo, dynamic batch), cached in ``bench/.cache/``:
+export theirs (``compressors.digits.export``, dynamo, dynamic batch), cached in ``bench/.cache/``:
 a torchvision ResNet-50 (25.5 M parameters once the exporter folds BatchNorm, 4.1 GMACs per
 sample) and a wide MLP
 1024-4096-4096-1024. Each is loaded once with ``compressors.loading.load_model`` and
@@ -66,17 +66,18 @@ import torchvision
 from benchmarks_doc import DOCS, write_section
 from torch import nn
 
-from compressors import zoo
-from compressors.graph import concrete_input_shapes
-from compressors.inspection import analysis_shapes, inspect_model
-from compressors.loading import LoadedModel, load_model
-from compressors.lowrank import find_layers, weight_matrix
-from compressors.macs import count_params
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
+from compressors.intake.loading import LoadedModel, load_model
 from compressors.methods import svd
-from compressors.metrics import measure_latency, random_feeds, write_model
-from compressors.ranks import Fixed, Target, break_even_rank
+from compressors.onnx.graph import concrete_input_shapes
+from compressors.onnx.inspection import analysis_shapes, inspect_model
+from compressors.onnx.lowrank import find_layers, weight_matrix
+from compressors.onnx.macs import count_params
+from compressors.onnx.metrics import measure_latency, random_feeds, write_model
+from compressors.onnx.ranks import Fixed, Target, break_even_rank
+from compressors.onnx.result import CompressionResult
 from compressors.report import library_versions
-from compressors.result import CompressionResult
+from examples import digits
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -106,7 +107,7 @@ class Settings:
 
 
 class WideMLP(nn.Module):
-    """Linear-ReLU stack; ``forward`` takes ``x``, the input name ``zoo.export`` declares."""
+    """Linear-ReLU stack; ``forward`` takes ``x``, the input name ``digits.export`` declares."""
 
     def __init__(self, sizes: tuple[int, ...]) -> None:
         super().__init__()
@@ -161,7 +162,7 @@ def exported(subject: Subject) -> Path:
     torch.manual_seed(0)
     model, example = subject.build()
     log(f"  exporting {subject.name} to {subject.path.relative_to(ROOT)}")
-    return zoo.export(model, example, subject.path, dynamic_batch=True)
+    return digits.export(model, example, subject.path, dynamic_batch=True)
 
 
 def log(message: str) -> None:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/review.py --quick    # smoke run
 
 Two models are trained here (seeded) and exported the way users export theirs: the MLP
-64-512-512-10 and a small CNN (compressors.zoo). For each model, method, strength and
+64-512-512-10 and a small CNN (examples.digits). For each model, method, strength and
 seed, the model is trained once with the method's regularizer and then truncated or
 pruned at every target (``compressors.sweep``); each point is evaluated on the held-out
 20% of digits. Writes bench/results/review.json (SPEC schema; every point also names its
@@ -31,15 +31,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compressors import metrics, zoo  # noqa: E402
-from compressors.datasets import load_dataset  # noqa: E402
-from compressors.inspection import analysis_shapes  # noqa: E402
-from compressors.loading import load_model  # noqa: E402
-from compressors.lowrank import factorize  # noqa: E402
-from compressors.ranks import Energy  # noqa: E402
-from compressors.retrain import Hooks, TrainingData  # noqa: E402
+from compressors.intake.datasets import load_dataset  # noqa: E402
+from compressors.intake.loading import load_model  # noqa: E402
+from compressors.onnx import metrics  # noqa: E402
+from compressors.onnx.inspection import analysis_shapes  # noqa: E402
+from compressors.onnx.lowrank import factorize  # noqa: E402
+from compressors.onnx.ranks import Energy  # noqa: E402
 from compressors.sweep import Curve, SweepSpec, plot_curve, regularize, sweep  # noqa: E402
-from compressors.training import TrainConfig  # noqa: E402
+from compressors.training.loop import TrainConfig  # noqa: E402
+from compressors.training.retrain import Hooks, TrainingData  # noqa: E402
+from examples import digits  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
@@ -79,11 +80,11 @@ DROP = 0.01
 def build_models(quick: bool) -> dict[str, Path]:
     CACHE.mkdir(parents=True, exist_ok=True)
     built = {}
-    for name, module, image in (("mlp", zoo.DigitsMLP(), False), ("cnn", zoo.DigitsCNN(), True)):
+    for name, module, image in (("mlp", digits.DigitsMLP(), False), ("cnn", digits.DigitsCNN(), True)):
         path = CACHE / f"review_{name}{'_quick' if quick else ''}.onnx"
         if not path.exists():
-            accuracy = zoo.train_digits(module, image=image, epochs=5 if quick else 30, seed=0)
-            zoo.export(module, torch.zeros((2, 1, 8, 8) if image else (2, 64)), path)
+            accuracy = digits.train_digits(module, image=image, epochs=5 if quick else 30, seed=0)
+            digits.export(module, torch.zeros((2, 1, 8, 8) if image else (2, 64)), path)
             print(f"trained {name}: held-out accuracy {accuracy:.4f}", flush=True)
         built[name] = path
     return built

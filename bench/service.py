@@ -1,7 +1,7 @@
 """Service benchmark: does a training job slow down the API, and how soon does an idle worker start a job?
 
 1. Status under load. ``modelpress serve`` (embedded default: SQLite, one local worker
-   process) runs on loopback; a small dynamo-exported digits CNN (``compressors.zoo.DigitsCNN``,
+   process) runs on loopback; a small dynamo-exported digits CNN (``compressors.digits.DigitsCNN``,
    trained briefly, zipped with its external data) and the built-in digits dataset are uploaded,
    and a ``nuclear`` job with many epochs is started. While it trains, 50 concurrent clients
    (one ``httpx.AsyncClient`` each, keep-alive, connected before timing, a fixed number of
@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from benchmarks_doc import DOCS, write_section
 
-from compressors import zoo
 from compressors.report import library_versions
+from examples import digits
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache" / "service"
@@ -80,11 +80,11 @@ def digits_cnn_zip() -> Path:
     if path.exists():
         return path
     torch.manual_seed(0)
-    model = zoo.DigitsCNN()
-    accuracy = zoo.train_digits(model, image=True, epochs=3)
+    model = digits.DigitsCNN()
+    accuracy = digits.train_digits(model, image=True, epochs=3)
     log(f"trained DigitsCNN for 3 epochs: held-out accuracy {accuracy:.3f}")
-    onnx_path = zoo.export(model, torch.zeros(2, 1, 8, 8), CACHE / "export" / "digits_cnn.onnx")
-    return zoo.bundle(onnx_path, path)
+    onnx_path = digits.export(model, torch.zeros(2, 1, 8, 8), CACHE / "export" / "digits_cnn.onnx")
+    return digits.bundle(onnx_path, path)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

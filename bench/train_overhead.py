@@ -12,11 +12,11 @@ shared machine hits both alike; the headline ratio is median(nuclear s/epoch) / 
 s/epoch), where s/epoch is the wall time of one ``train`` call over its epochs.
 
 Models (random or briefly trained weights, never downloaded), each exported the way users
-export theirs (``compressors.zoo.export``, dynamo, dynamic batch) into ``bench/.cache/``, then
+export theirs (``compressors.digits.export``, dynamo, dynamic batch) into ``bench/.cache/``, then
 loaded with ``compressors.loading.load_model`` and converted with
 ``compressors.retrain.trainable_with_views`` (onnx2torch), so the product path is measured:
 
-1. ``digits-cnn``: ``compressors.zoo.DigitsCNN`` trained for a few epochs on scikit-learn's
+1. ``digits-cnn``: ``compressors.digits.DigitsCNN`` trained for a few epochs on scikit-learn's
    bundled digits (1797 images of 1x8x8), then fine-tuned on all of them.
 2. ``resnet18``: torchvision ``resnet18(weights=None, num_classes=10)`` on synthetic data
    (random 3x32x32 images with random labels; speed does not depend on the values).
@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,13 +63,14 @@ import torchvision
 from benchmarks_doc import DOCS, write_section
 from torch import nn
 
-from compressors import zoo
-from compressors.loading import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
+from compressors.intake.loading import load_model
 from compressors.methods.nuclear import NuclearProx
 from compressors.report import library_versions
-from compressors.retrain import trainable_with_views
-from compressors.training import TrainConfig, TrainProgress, train
-from compressors.views import WeightView
+from compressors.training.loop import TrainConfig, TrainProgress, train
+from compressors.training.retrain import trainable_with_views
+from compressors.training.views import WeightView
+from examples import digits
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache" / "train_overhead"
@@ -107,11 +109,11 @@ def log(message: str) -> None:
 def subjects(quick: bool) -> list[Subject]:
     if quick:
         return [
-            Subject("digits-cnn", "compressors.zoo.DigitsCNN, sklearn digits", 1797, 2, 64, 2),
+            Subject("digits-cnn", "compressors.digits.DigitsCNN, sklearn digits", 1797, 2, 64, 2),
             Subject("resnet18", "torchvision resnet18, 10 classes, synthetic 3×32×32", 128, 1, 64, 1),
         ]
     return [
-        Subject("digits-cnn", "compressors.zoo.DigitsCNN, sklearn digits", 1797, 5, 64, 7),
+        Subject("digits-cnn", "compressors.digits.DigitsCNN, sklearn digits", 1797, 5, 64, 7),
         Subject("resnet18", "torchvision resnet18, 10 classes, synthetic 3×32×32", 512, 3, 64, 5),
     ]
 
@@ -121,13 +123,13 @@ def subjects(quick: bool) -> list[Subject]:
 
 def export_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Digits images and labels; exports a briefly trained DigitsCNN to ``path`` when absent."""
-    x, y = zoo.digits_arrays(image=True)
+    x, y = digits.digits_arrays(image=True)
     if not path.exists():
         torch.manual_seed(0)
-        model = zoo.DigitsCNN()
-        accuracy = zoo.train_digits(model, image=True, epochs=3)
+        model = digits.DigitsCNN()
+        accuracy = digits.train_digits(model, image=True, epochs=3)
         log(f"  trained DigitsCNN for 3 epochs (held-out accuracy {accuracy:.3f}); exporting")
-        zoo.export(model, torch.zeros(1, 1, 8, 8), path)
+        digits.export(model, torch.zeros(1, 1, 8, 8), path)
     return np.ascontiguousarray(x), y
 
 
@@ -137,7 +139,7 @@ def export_resnet(path: Path, samples: int) -> tuple[np.ndarray, np.ndarray]:
         torch.manual_seed(0)
         model = torchvision.models.resnet18(weights=None, num_classes=10)
         log("  exporting resnet18 (random weights)")
-        zoo.export(model, torch.zeros(1, 3, 32, 32), path)
+        digits.export(model, torch.zeros(1, 3, 32, 32), path)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((samples, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, samples).astype(np.int64)
@@ -480,7 +482,7 @@ def markdown(results: dict[str, Any]) -> str:
         "step and `stats()` are timed on their own (one step = plain epoch ÷ steps). The machine is "
         "shared with other work, so absolute times drift. Raw numbers: `bench/results/train_overhead.json`.",
         "",
-        "Models: digits-cnn = `compressors.zoo.DigitsCNN` (trained 3 epochs) on scikit-learn's "
+        "Models: digits-cnn = `compressors.digits.DigitsCNN` (trained 3 epochs) on scikit-learn's "
         "1797 digits; resnet18 = torchvision `resnet18(weights=None, num_classes=10)` on random "
         "3×32×32 images with random labels.",
         "",

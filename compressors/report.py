@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
-from compressors.result import LayerResult
+from compressors.onnx.result import LayerResult
 
 SCHEMA_VERSION = "1.0"
 

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compressors import metrics
 from compressors.errors import InvalidSpec
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import factorize
-from compressors.macs import count_params
+from compressors.intake.loading import LoadedModel
 from compressors.methods import l1, l2, nuclear, variational
-from compressors.ranks import Target
-from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finetune
-from compressors.sparsity import magnitude_prune
-from compressors.training import TrainConfig
+from compressors.onnx import metrics
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize
+from compressors.onnx.macs import count_params
+from compressors.onnx.ranks import Target
+from compressors.onnx.result import CompressionResult
+from compressors.onnx.sparsity import magnitude_prune
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import Hooks, TrainingData, finetune
 
 FACTORIZING = ("svd", "nuclear", "l2")
 UNSTRUCTURED = ("l1", "prune", "variational")
@@ -218,7 +218,7 @@ def regularize(
 
 
 def _total_macs(model: onnx.ModelProto, sample: dict) -> int:
-    from compressors.lowrank import find_layers
+    from compressors.onnx.lowrank import find_layers
 
     shapes, batch = analysis_shapes(model, sample)
     return sum(layer.macs for layer in find_layers(model, shapes, batch))

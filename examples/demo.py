@@ -23,7 +23,7 @@ from modelpress_client import Client
 from rich.console import Console
 from rich.table import Table
 
-from compressors import zoo
+from examples import digits
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "demo"
@@ -57,10 +57,10 @@ def start_service(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
 
 def export_model() -> Path:
     console.print("[bold]1.[/] training a digits CNN and exporting it with torch.onnx.export(dynamo=True)")
-    model = zoo.DigitsCNN()
-    accuracy = zoo.train_digits(model, image=True, epochs=10)
-    onnx_path = zoo.export(model, torch.zeros(2, 1, 8, 8), OUT / "export" / "digits_cnn.onnx")
-    bundle = zoo.bundle(onnx_path, OUT / "digits_cnn.zip")
+    model = digits.DigitsCNN()
+    accuracy = digits.train_digits(model, image=True, epochs=10)
+    onnx_path = digits.export(model, torch.zeros(2, 1, 8, 8), OUT / "export" / "digits_cnn.onnx")
+    bundle = digits.bundle(onnx_path, OUT / "digits_cnn.zip")
     console.print(
         f"   held-out accuracy {accuracy:.4f}; {bundle.name} holds "
         f"{', '.join(p.name for p in sorted(onnx_path.parent.iterdir()))}"

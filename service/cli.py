@@ -140,8 +140,8 @@ def _quiet_libraries() -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from compressors.convert import check_retrainable
-    from compressors.loading import load_model
+    from compressors.intake.loading import load_model
+    from compressors.training.convert import check_retrainable
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
@@ -224,11 +224,11 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from compressors.datasets import load_dataset
-    from compressors.loading import load_model
-    from compressors.retrain import TrainingData
+    from compressors.intake.datasets import load_dataset
+    from compressors.intake.loading import load_model
     from compressors.sweep import DEFAULT_TARGETS, SweepSpec, sweep, write_curve
-    from compressors.training import TrainConfig
+    from compressors.training.loop import TrainConfig
+    from compressors.training.retrain import TrainingData
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

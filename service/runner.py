@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from compressors import metrics
-from compressors.datasets import Dataset, load_dataset
 from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled
-from compressors.graph import fixed_batch
-from compressors.loading import Limits, LoadedModel, load_model
-from compressors.macs import count_params
+from compressors.intake.datasets import Dataset, load_dataset
+from compressors.intake.loading import Limits, LoadedModel, load_model
 from compressors.methods import l1, l2, nuclear, prune, svd, variational
+from compressors.onnx import metrics
+from compressors.onnx.graph import fixed_batch
+from compressors.onnx.macs import count_params
+from compressors.onnx.result import CompressionResult
 from compressors.report import Measurements, Report
-from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finish
-from compressors.training import TrainProgress
+from compressors.training.loop import TrainProgress
+from compressors.training.retrain import Hooks, TrainingData, finish
 from service.spec import METHODS, RETRAINING, SPARSE, CompressionSpec
 
 

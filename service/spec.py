@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from compressors.ranks import Energy, RankRule, Target
-from compressors.training import TrainConfig
+from compressors.onnx.ranks import Energy, RankRule, Target
+from compressors.training.loop import TrainConfig
 
 DEFAULT_STRENGTH = {"nuclear": 1.0, "l2": 0.01, "l1": 1.0, "group_lasso": 1.0, "variational": 0.1}
 RETRAINING = frozenset(DEFAULT_STRENGTH)

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compressors.datasets import load_dataset
 from compressors.errors import InvalidSpec
-from compressors.loading import load_model
+from compressors.intake.datasets import load_dataset
+from compressors.intake.loading import load_model
 from compressors.report import SCHEMA_VERSION, library_versions
-from compressors.retrain import Hooks, TrainingData
 from compressors.sweep import DEFAULT_TARGETS, SweepSpec, sweep, write_curve
-from compressors.training import TrainConfig, TrainProgress
+from compressors.training.loop import TrainConfig, TrainProgress
+from compressors.training.retrain import Hooks, TrainingData
 from service.runner import Progress
 
 

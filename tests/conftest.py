@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressors import zoo
+from examples import digits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,19 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def digits_mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained 64-128-10 MLP, dynamo-exported with a symbolic batch: .onnx + .onnx.data."""
-    model = zoo.DigitsMLP(hidden=(128,))
-    zoo.train_digits(model, image=False, epochs=8)
-    return zoo.export(model, torch.zeros(2, 64), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
+    model = digits.DigitsMLP(hidden=(128,))
+    digits.train_digits(model, image=False, epochs=8)
+    return digits.export(model, torch.zeros(2, 64), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
 
 
 @pytest.fixture(scope="session")
 def digits_cnn_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained digits CNN, dynamo-exported and zipped with its external data."""
-    model = zoo.DigitsCNN(width=8)
-    zoo.train_digits(model, image=True, epochs=5)
+    model = digits.DigitsCNN(width=8)
+    digits.train_digits(model, image=True, epochs=5)
     folder = tmp_path_factory.mktemp("cnn")
-    path = zoo.export(model, torch.zeros(2, 1, 8, 8), folder / "cnn.onnx")
-    return zoo.bundle(path, folder / "cnn.zip")
+    path = digits.export(model, torch.zeros(2, 1, 8, 8), folder / "cnn.onnx")
+    return digits.bundle(path, folder / "cnn.zip")
 
 
 class TinyEncoder(torch.nn.Module):
@@ -54,7 +54,7 @@ class TinyEncoder(torch.nn.Module):
 @pytest.fixture(scope="session")
 def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return zoo.export(
+    return digits.export(
         TinyEncoder().eval(), torch.randn(2, 6, 32), tmp_path_factory.mktemp("enc") / "encoder.onnx"
     )
 

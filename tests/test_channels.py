@@ -11,17 +11,18 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from compressors import metrics, zoo
-from compressors.channels import group_norms, prunable_layers, remove_channels
-from compressors.convert import write_back
 from compressors.errors import InvalidSpec
-from compressors.graph import constant_array, initializers, producers
-from compressors.inspection import analysis_shapes, inspect_model
-from compressors.loading import load_model
-from compressors.macs import count_params
+from compressors.intake.loading import load_model
 from compressors.methods.group_lasso import GroupLassoProx, TrainedGroupLasso, _bound_affines
-from compressors.ranks import Energy, Target
-from compressors.retrain import trainable_with_views
+from compressors.onnx import metrics
+from compressors.onnx.channels import group_norms, prunable_layers, remove_channels
+from compressors.onnx.graph import constant_array, initializers, producers
+from compressors.onnx.inspection import analysis_shapes, inspect_model
+from compressors.onnx.macs import count_params
+from compressors.onnx.ranks import Energy, Target
+from compressors.training.convert import write_back
+from compressors.training.retrain import trainable_with_views
+from examples import digits
 from tests import builders
 
 
@@ -59,7 +60,7 @@ def _nonzero_groups(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 class _Named(nn.Module):
-    """Calls the wrapped module with its input named ``x``, as ``zoo.export`` declares it."""
+    """Calls the wrapped module with its input named ``x``, as ``digits.export`` declares it."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -283,7 +284,7 @@ def torch_mlp(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, onnx
         for layer, dead in ((net[0], [0, 3, 5, 9, 15]), (net[2], [4, 7])):
             layer.weight[dead] = 0
             layer.bias[dead] = 0
-    path = zoo.export(_Named(net), torch.zeros(2, 6), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
+    path = digits.export(_Named(net), torch.zeros(2, 6), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
     return net.eval(), onnx.load(str(path))
 
 
@@ -333,7 +334,7 @@ def torch_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path
             conv.bias[dead] = 0
         norm.bias[[1, 3]] = 0
         norm.running_mean[[1, 3]] = 0
-    path = zoo.export(net, torch.zeros(2, 1, 8, 8), tmp_path_factory.mktemp("cnn") / "cnn.onnx")
+    path = digits.export(net, torch.zeros(2, 1, 8, 8), tmp_path_factory.mktemp("cnn") / "cnn.onnx")
     return net.eval(), path
 
 
@@ -374,7 +375,7 @@ def test_a_conv_feeding_a_residual_add_is_tied_and_the_inner_one_pruned(tmp_path
         for conv in (block.inner, block.outer):
             conv.weight[2] = 0
             conv.bias[2] = 0
-    model = onnx.load(str(zoo.export(block, torch.zeros(2, 4, 6, 6), tmp_path / "res.onnx")))
+    model = onnx.load(str(digits.export(block, torch.zeros(2, 4, 6, 6), tmp_path / "res.onnx")))
     keep = _nonzero_groups(model)
     assert len(keep) == 2
     result = remove_channels(model, keep)
@@ -397,7 +398,7 @@ def test_group_lasso_switches_off_channels_behind_a_batchnorm_exactly(tmp_path: 
         norm.bias.uniform_(0.5, 1.0)  # a zero filter alone would still emit these shifts
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
-    path = zoo.export(net, torch.zeros(2, 1, 8, 8), tmp_path / "bn.onnx", optimize=False)
+    path = digits.export(net, torch.zeros(2, 1, 8, 8), tmp_path / "bn.onnx", optimize=False)
     loaded = load_model(path, tmp_path / "w")
     assert "BatchNormalization" in [n.op_type for n in loaded.proto.graph.node]
     shapes, _ = analysis_shapes(loaded.proto)
@@ -439,7 +440,7 @@ def test_a_target_removes_zeroed_groups_first_then_the_weakest_of_each_layer(tmp
         net[2].weight.mul_(0.01)  # same function: the next layer makes up for it
         net[2].bias.mul_(0.01)
         net[4].weight.mul_(100.0)
-    path = zoo.export(_Named(net), torch.zeros(2, 6), tmp_path / "mlp.onnx")
+    path = digits.export(_Named(net), torch.zeros(2, 6), tmp_path / "mlp.onnx")
     model = onnx.load(str(path))
     first, second, _ = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     trained = TrainedGroupLasso(model, {}, [first, second], summary={})

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compressors import metrics
-from compressors.datasets import load_dataset
-from compressors.inspection import TensorSpec
+from compressors.intake.datasets import load_dataset
+from compressors.onnx import metrics
+from compressors.onnx.inspection import TensorSpec
 from tests.conftest import run_cli
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressors.datasets import load_dataset
 from compressors.errors import DatasetRejected
-from compressors.inspection import TensorSpec
+from compressors.intake.datasets import load_dataset
+from compressors.onnx.inspection import TensorSpec
 
 FLAT = TensorSpec("x", "float", ["batch", 64])
 IMAGE = TensorSpec("x", "float", ["batch", 1, 8, 8])

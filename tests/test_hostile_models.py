@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressors.errors import ModelRejected, ModelTooLarge, UnsafeArchive, UnsafeExternalData
-from compressors.loading import Limits, load_model
+from compressors.intake.loading import Limits, load_model
 from tests import builders
 from tests.conftest import run_cli
 

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compressors import metrics
-from compressors.inspection import analysis_shapes
-from compressors.lowrank import factorize, find_layers
-from compressors.ranks import Energy, Fixed
+from compressors.onnx import metrics
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize, find_layers
+from compressors.onnx.ranks import Energy, Fixed
 from tests import builders
 
 

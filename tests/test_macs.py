@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from compressors.inspection import analysis_shapes, inspect_model
-from compressors.macs import count_macs, count_params
+from compressors.onnx.inspection import analysis_shapes, inspect_model
+from compressors.onnx.macs import count_macs, count_params
 from tests import builders
 
 

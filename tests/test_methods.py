@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compressors import metrics
+from compressors.onnx import metrics
 from service.cli import main
 from service.spec import METHODS
 

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 
 from compressors.errors import InvalidSpec
-from compressors.inspection import analysis_shapes
-from compressors.lowrank import factorize
-from compressors.ranks import Energy, LayerBudget, Target, allocate_ranks, break_even_rank, truncate_to_energy
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize
+from compressors.onnx.ranks import (
+    Energy,
+    LayerBudget,
+    Target,
+    allocate_ranks,
+    break_even_rank,
+    truncate_to_energy,
+)
 from tests import builders
 
 

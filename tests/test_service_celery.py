@@ -29,8 +29,8 @@ import redis
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from compressors.datasets import load_dataset
-from compressors.inspection import TensorSpec
+from compressors.intake.datasets import load_dataset
+from compressors.onnx.inspection import TensorSpec
 from service import queue
 from service.db import engine_for
 from service.executors.celery import TASK, app_for

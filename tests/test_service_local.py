@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compressors import metrics
+from compressors.onnx import metrics
 from tests.harness import Service, digits_dataset, follow_events, upload_model, wait_for
 
 

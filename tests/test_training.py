@@ -10,16 +10,16 @@ import onnx
 import pytest
 import torch
 
-from compressors import metrics
-from compressors.convert import check_retrainable, prepare, to_torch, write_back
 from compressors.errors import JobCancelled, NotRetrainable
-from compressors.inspection import analysis_shapes
-from compressors.loading import load_model
-from compressors.lowrank import find_layers
+from compressors.intake.loading import load_model
 from compressors.methods.nuclear import NuclearProx, singular_value_threshold
 from compressors.methods.variational import K1, K2, K3, kl_approximation
-from compressors.training import TrainConfig, distillation_loss, learning_rate, train
-from compressors.views import weight_views
+from compressors.onnx import metrics
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import find_layers
+from compressors.training.convert import check_retrainable, prepare, to_torch, write_back
+from compressors.training.loop import TrainConfig, distillation_loss, learning_rate, train
+from compressors.training.views import weight_views
 from tests import builders
 
 

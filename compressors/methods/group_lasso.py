@@ -29,22 +29,23 @@ import numpy as np
 import onnx
 import torch
 
-from compressors.channels import (
+from compressors.errors import InvalidSpec
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.channels import (
     ChannelRemoval,
     channel_affines,
     group_norms,
     prunable_layers,
     remove_channels,
 )
-from compressors.convert import TrainableModel, write_back
-from compressors.errors import InvalidSpec
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import find_layers
-from compressors.macs import count_params
-from compressors.ranks import Energy, RankRule, Target
-from compressors.result import CompressionResult, LayerResult
-from compressors.retrain import (
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import find_layers
+from compressors.onnx.macs import count_params
+from compressors.onnx.ranks import Energy, RankRule, Target
+from compressors.onnx.result import CompressionResult, LayerResult
+from compressors.training.convert import TrainableModel, write_back
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import (
     Hooks,
     TrainingData,
     finish,
@@ -52,8 +53,7 @@ from compressors.retrain import (
     stage_summary,
     trainable_with_views,
 )
-from compressors.training import TrainConfig
-from compressors.views import WeightView
+from compressors.training.views import WeightView
 
 
 class GroupLassoProx:

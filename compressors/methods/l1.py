@@ -12,12 +12,14 @@ from typing import Any
 import onnx
 import torch
 
-from compressors.convert import write_back
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.ranks import RankRule
-from compressors.result import CompressionResult
-from compressors.retrain import (
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.ranks import RankRule
+from compressors.onnx.result import CompressionResult
+from compressors.onnx.sparsity import magnitude_prune
+from compressors.training.convert import write_back
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import (
     Hooks,
     TrainingData,
     finish,
@@ -25,9 +27,7 @@ from compressors.retrain import (
     stage_summary,
     trainable_with_views,
 )
-from compressors.sparsity import magnitude_prune
-from compressors.training import TrainConfig
-from compressors.views import WeightView
+from compressors.training.views import WeightView
 
 
 class L1Prox:

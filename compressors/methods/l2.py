@@ -11,13 +11,14 @@ from typing import Any
 
 import onnx
 
-from compressors.convert import write_back
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import factorize
-from compressors.ranks import RankRule
-from compressors.result import CompressionResult
-from compressors.retrain import (
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize
+from compressors.onnx.ranks import RankRule
+from compressors.onnx.result import CompressionResult
+from compressors.training.convert import write_back
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import (
     Hooks,
     TrainingData,
     finish,
@@ -25,7 +26,6 @@ from compressors.retrain import (
     stage_summary,
     trainable_with_views,
 )
-from compressors.training import TrainConfig
 
 
 def train_l2(

@@ -30,13 +30,14 @@ from typing import Any
 import onnx
 import torch
 
-from compressors.convert import write_back
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import factorize
-from compressors.ranks import RankRule
-from compressors.result import CompressionResult
-from compressors.retrain import (
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize
+from compressors.onnx.ranks import RankRule
+from compressors.onnx.result import CompressionResult
+from compressors.training.convert import write_back
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import (
     Hooks,
     TrainingData,
     finish,
@@ -44,8 +45,7 @@ from compressors.retrain import (
     stage_summary,
     trainable_with_views,
 )
-from compressors.training import TrainConfig
-from compressors.views import WeightView
+from compressors.training.views import WeightView
 
 
 @torch.no_grad()

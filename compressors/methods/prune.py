@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.ranks import RankRule
-from compressors.result import CompressionResult
-from compressors.retrain import Hooks, TrainingData, finish
-from compressors.sparsity import magnitude_prune
-from compressors.training import TrainConfig
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.ranks import RankRule
+from compressors.onnx.result import CompressionResult
+from compressors.onnx.sparsity import magnitude_prune
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import Hooks, TrainingData, finish
 
 
 def compress(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import factorize
-from compressors.ranks import RankRule
-from compressors.result import CompressionResult
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import factorize
+from compressors.onnx.ranks import RankRule
+from compressors.onnx.result import CompressionResult
 
 
 def compress(model: LoadedModel, rule: RankRule, sample_shapes: dict | None = None) -> CompressionResult:

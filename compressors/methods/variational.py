@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compressors.convert import TrainableModel, write_back
 from compressors.errors import InvalidSpec
-from compressors.inspection import analysis_shapes
-from compressors.loading import LoadedModel
-from compressors.lowrank import find_layers
-from compressors.macs import count_params
-from compressors.ranks import RankRule, Target
-from compressors.result import CompressionResult, LayerResult
-from compressors.retrain import (
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import find_layers
+from compressors.onnx.macs import count_params
+from compressors.onnx.ranks import RankRule, Target
+from compressors.onnx.result import CompressionResult, LayerResult
+from compressors.training.convert import TrainableModel, write_back
+from compressors.training.loop import TrainConfig
+from compressors.training.retrain import (
     Hooks,
     TrainingData,
     finish,
@@ -40,8 +41,7 @@ from compressors.retrain import (
     stage_summary,
     trainable_with_views,
 )
-from compressors.training import TrainConfig
-from compressors.views import WeightView
+from compressors.training.views import WeightView
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_THRESHOLD = 3.0
@@ -270,7 +270,7 @@ def compress(
 def _accounting(
     pruned: onnx.ModelProto, original: onnx.ModelProto, training: TrainingData
 ) -> CompressionResult:
-    from compressors.sparsity import weight_tensor
+    from compressors.onnx.sparsity import weight_tensor
 
     shapes, batch = analysis_shapes(original, training.sample_shapes)
     layers = find_layers(pruned, shapes, batch)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from compressors.datasets import HOLDOUT, MAX_DATASET_BYTES
+from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredDataset
 from service.problems import Problem

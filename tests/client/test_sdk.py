@@ -19,7 +19,7 @@ from modelpress_client import (
     UnprocessableError,
 )
 
-from compressors import metrics
+from compressors.onnx import metrics
 from tests.harness import Service
 
 

@@ -3,7 +3,7 @@ external-data files (what ``torch.onnx.export(..., dynamo=True)`` writes by defa
 
 Order of defences: size cap on the upload; for archives, member names, links, count,
 declared sizes and compression ratios are checked before a byte is extracted; then the
-graph is parsed in a child process under memory and time limits (``compressors.sandbox``)
+graph is parsed in a child process under memory and time limits (``compressors.intake.sandbox``)
 where declared tensor sizes, external-data locations, onnx.checker and one onnxruntime
 session are tried. Only a model that passed all of that is parsed in this process.
 Nothing is ever unpickled.
@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import onnx
 
 from compressors.errors import ModelRejected, ModelTooLarge, UnsafeArchive
-from compressors.inspection import ModelInfo
+from compressors.onnx.inspection import ModelInfo
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -167,7 +167,7 @@ def validate_in_sandbox(onnx_path: Path, limits: Limits = Limits()) -> ModelInfo
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "compressors.sandbox"],
+            [sys.executable, "-m", "compressors.intake.sandbox"],
             input=request.encode(),
             capture_output=True,
             timeout=limits.sandbox_seconds,

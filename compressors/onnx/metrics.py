@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compressors.graph import Shape, concrete_input_shapes, fixed_batch, graph_inputs
+from compressors.onnx.graph import Shape, concrete_input_shapes, fixed_batch, graph_inputs
 
 
 def session(model: onnx.ModelProto | Path, threads: int = 1) -> ort.InferenceSession:

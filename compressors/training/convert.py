@@ -23,8 +23,8 @@ import torch
 from onnx import numpy_helper
 
 from compressors.errors import NotRetrainable
-from compressors.graph import constant_array, initializers, is_float_tensor, producers
-from compressors.inspection import opset_of
+from compressors.onnx.graph import constant_array, initializers, is_float_tensor, producers
+from compressors.onnx.inspection import opset_of
 
 MAX_OPSET = 17  # the newest opset onnx2torch 1.5 converts
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import onnx
 import torch
 
-from compressors.convert import TrainableModel
-from compressors.graph import initializers, producers
-from compressors.lowrank import Layer
-from compressors.macs import attribute
+from compressors.onnx.graph import initializers, producers
+from compressors.onnx.lowrank import Layer
+from compressors.onnx.macs import attribute
+from compressors.training.convert import TrainableModel
 
 
 @dataclass(frozen=True)

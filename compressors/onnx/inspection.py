@@ -13,9 +13,9 @@ from typing import Any
 
 import onnx
 
-from compressors.graph import Shape, concrete_input_shapes, fixed_batch, graph_inputs, static_shapes
-from compressors.lowrank import find_layers
-from compressors.macs import count_params
+from compressors.onnx.graph import Shape, concrete_input_shapes, fixed_batch, graph_inputs, static_shapes
+from compressors.onnx.lowrank import find_layers
+from compressors.onnx.macs import count_params
 
 
 @dataclass

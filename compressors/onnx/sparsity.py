@@ -15,11 +15,11 @@ import onnx
 from onnx import numpy_helper
 
 from compressors.errors import InvalidSpec
-from compressors.graph import Shape, initializers, producers
-from compressors.lowrank import Layer, find_layers
-from compressors.macs import count_params
-from compressors.ranks import Energy, RankRule, Target
-from compressors.result import CompressionResult, LayerResult
+from compressors.onnx.graph import Shape, initializers, producers
+from compressors.onnx.lowrank import Layer, find_layers
+from compressors.onnx.macs import count_params
+from compressors.onnx.ranks import Energy, RankRule, Target
+from compressors.onnx.result import CompressionResult, LayerResult
 
 
 def weight_tensor(model: onnx.ModelProto, layer: Layer) -> onnx.TensorProto | None:

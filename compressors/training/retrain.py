@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 import torch
 
-from compressors import metrics
-from compressors.convert import TrainableModel, to_torch, write_back
-from compressors.datasets import Dataset
 from compressors.errors import InvalidSpec
-from compressors.inspection import analysis_shapes
-from compressors.lowrank import find_layers
-from compressors.result import CompressionResult
-from compressors.training import Regularizer, TrainConfig, TrainProgress, TrainResult, train
-from compressors.views import WeightView, weight_views
+from compressors.intake.datasets import Dataset
+from compressors.onnx import metrics
+from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.lowrank import find_layers
+from compressors.onnx.result import CompressionResult
+from compressors.training.convert import TrainableModel, to_torch, write_back
+from compressors.training.loop import Regularizer, TrainConfig, TrainProgress, TrainResult, train
+from compressors.training.views import WeightView, weight_views
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressors.graph import Shape, is_float_tensor, tensor_numel
+from compressors.onnx.graph import Shape, is_float_tensor, tensor_numel
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compressors.errors import DatasetRejected
-from compressors.inspection import TensorSpec
+from compressors.onnx.inspection import TensorSpec
 
 MAX_DATASET_BYTES = 4 << 30  # unpacked, over all arrays
 HOLDOUT = 0.2

@@ -20,9 +20,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressors.errors import InvalidSpec
-from compressors.graph import Shape, constant_array, initializers, producers
-from compressors.macs import attribute, count_params, node_label, node_macs
-from compressors.ranks import (
+from compressors.onnx.graph import Shape, constant_array, initializers, producers
+from compressors.onnx.macs import attribute, count_params, node_label, node_macs
+from compressors.onnx.ranks import (
     Energy,
     Fixed,
     LayerBudget,
@@ -32,7 +32,7 @@ from compressors.ranks import (
     energy_fractions,
     truncate_to_energy,
 )
-from compressors.result import CompressionResult, LayerResult
+from compressors.onnx.result import CompressionResult, LayerResult
 
 # Conv ranks move in blocks of 8: onnxruntime's CPU convolutions work on NCHWc blocks of 8
 # channels, and a rank off that grid sends the layer through layout reorders that cost more

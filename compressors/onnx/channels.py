@@ -32,9 +32,9 @@ import onnx
 from onnx import numpy_helper
 
 from compressors.errors import InvalidSpec
-from compressors.graph import Shape, constant_array, initializers, producers
-from compressors.lowrank import remove_unused
-from compressors.macs import attribute, node_label
+from compressors.onnx.graph import Shape, constant_array, initializers, producers
+from compressors.onnx.lowrank import remove_unused
+from compressors.onnx.macs import attribute, node_label
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -205,7 +205,7 @@ def remove_channels(
     be removed are left whole and listed in ``tied``. ``shapes`` default to ``analysis_shapes``.
     """
     if shapes is None:
-        from compressors.inspection import analysis_shapes
+        from compressors.onnx.inspection import analysis_shapes
 
         shapes = analysis_shapes(model)[0]
     g = _index(model, shapes)

@@ -1,4 +1,4 @@
-"""The child side of model validation: ``python -m compressors.sandbox`` reads a JSON request
+"""The child side of model validation: ``python -m compressors.intake.sandbox`` reads a JSON request
 on stdin and prints one JSON line. It runs under the memory and time limits the parent set
 (see ``compressors.loading.validate_in_sandbox``), so whatever the bytes do to the ONNX
 parser or onnxruntime, the caller survives.
@@ -17,14 +17,14 @@ import onnx
 from onnx import external_data_helper
 
 from compressors.errors import ModelpressError, ModelRejected, ModelTooLarge, UnsafeExternalData
-from compressors.graph import (
+from compressors.intake.loading import Limits
+from compressors.onnx.graph import (
     concrete_input_shapes,
     iter_graph_tensors,
     tensor_numel,
     zero_feeds,
 )
-from compressors.inspection import ModelInfo, inspect_model
-from compressors.loading import Limits
+from compressors.onnx.inspection import ModelInfo, inspect_model
 
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -122,7 +122,7 @@ def _check_external(tensor: onnx.TensorProto, numel: int, base: Path) -> str:
 
 
 def _check_constant_of_shape(model: onnx.ModelProto, node: onnx.NodeProto, limits: Limits) -> None:
-    from compressors.graph import constant_array, initializers, producers
+    from compressors.onnx.graph import constant_array, initializers, producers
 
     shape = constant_array(node.input[0], initializers(model.graph), producers(model.graph))
     if (

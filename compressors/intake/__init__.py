@@ -1,0 +1,2 @@
+"""Untrusted input: model files and bundles, the parsing sandbox, datasets. Nothing here
+imports torch."""

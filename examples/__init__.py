@@ -1,0 +1,1 @@
+"""Runnable examples, and the digits reference models that tests, benches and the demo build."""
