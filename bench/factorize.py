@@ -71,7 +71,8 @@ from compressors.intake.loading import LoadedModel, load_model
 from compressors.methods import svd
 from compressors.onnx.graph import concrete_input_shapes
 from compressors.onnx.inspection import analysis_shapes, inspect_model
-from compressors.onnx.lowrank import find_layers, weight_matrix
+from compressors.onnx.layers import find_layers
+from compressors.onnx.lowrank import weight_matrix
 from compressors.onnx.macs import count_params
 from compressors.onnx.metrics import measure_latency, random_feeds, write_model
 from compressors.onnx.ranks import Fixed, Target, break_even_rank

@@ -218,7 +218,7 @@ def regularize(
 
 
 def _total_macs(model: onnx.ModelProto, sample: dict) -> int:
-    from compressors.onnx.lowrank import find_layers
+    from compressors.onnx.layers import find_layers
 
     shapes, batch = analysis_shapes(model, sample)
     return sum(layer.macs for layer in find_layers(model, shapes, batch))

@@ -8,7 +8,8 @@ import pytest
 
 from compressors.onnx import metrics
 from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.lowrank import factorize, find_layers
+from compressors.onnx.layers import find_layers
+from compressors.onnx.lowrank import factorize
 from compressors.onnx.ranks import Energy, Fixed
 from tests import builders
 

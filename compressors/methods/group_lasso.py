@@ -39,7 +39,7 @@ from compressors.onnx.channels import (
     remove_channels,
 )
 from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.lowrank import find_layers
+from compressors.onnx.layers import find_layers
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Energy, RankRule, Target
 from compressors.onnx.result import CompressionResult, LayerResult

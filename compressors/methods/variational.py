@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from compressors.errors import InvalidSpec
 from compressors.intake.loading import LoadedModel
 from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.lowrank import find_layers
+from compressors.onnx.layers import find_layers
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import RankRule, Target
 from compressors.onnx.result import CompressionResult, LayerResult

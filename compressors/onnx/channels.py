@@ -32,11 +32,16 @@ import onnx
 from onnx import numpy_helper
 
 from compressors.errors import InvalidSpec
-from compressors.onnx.graph import Shape, constant_array, initializers, producers
-from compressors.onnx.lowrank import remove_unused
-from compressors.onnx.macs import attribute, node_label
-
-LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from compressors.onnx.graph import (
+    MAC_OPS,
+    Shape,
+    attribute,
+    constant_array,
+    initializers,
+    node_label,
+    producers,
+)
+from compressors.onnx.layers import remove_unused
 
 # Ops that act on each element alone: the channel axis passes through untouched.
 _ELEMENTWISE = frozenset(
@@ -264,7 +269,7 @@ def _nested_reads(graph: onnx.GraphProto) -> set[str]:
 
 
 def _labels(g: _Graph) -> dict[str, int]:
-    return {node_label(node, i): i for i, node in enumerate(g.nodes) if node.op_type in LAYER_OPS}
+    return {node_label(node, i): i for i, node in enumerate(g.nodes) if node.op_type in MAC_OPS}
 
 
 def _groups(g: _Graph, index: int) -> tuple[list[_Cut], int]:

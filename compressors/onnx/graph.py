@@ -8,6 +8,7 @@ probe runs the model, so callers only use it on models that passed validation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +18,18 @@ Shape = tuple[int, ...]
 
 # Ops whose multiply-accumulates we count, and whose operand shapes we therefore need.
 MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A stable, unique-enough name for reports: the node's own name or op and position."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
 
 
 def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from compressors.onnx.graph import Shape, concrete_input_shapes, fixed_batch, graph_inputs, static_shapes
-from compressors.onnx.lowrank import find_layers
+from compressors.onnx.layers import find_layers
 from compressors.onnx.macs import count_params
 
 

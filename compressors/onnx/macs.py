@@ -9,25 +9,12 @@ comparing compressed models. Parameters are the elements of floating-point initi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressors.onnx.graph import Shape, is_float_tensor, tensor_numel
-
-
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    """A stable, unique-enough name for reports: the node's own name or op and position."""
-    return node.name or f"{node.op_type}_{index}"
-
-
-def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
+from compressors.onnx.graph import MAC_OPS, Shape, attribute, is_float_tensor, node_label, tensor_numel
 
 
 def _prod(values: Shape | list[int]) -> int:
@@ -40,7 +27,7 @@ def _prod(values: Shape | list[int]) -> int:
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]) -> int:
     """MACs of one node, or 0 for ops we do not count or whose shapes are unknown."""
     op = node.op_type
-    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+    if op not in MAC_OPS:
         return 0
     if op == "Gemm":
         a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
@@ -77,7 +64,7 @@ def count_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str,
     return {
         node_label(node, i): node_macs(node, shapes)
         for i, node in enumerate(model.graph.node)
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+        if node.op_type in MAC_OPS
     }
 
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from compressors.errors import InvalidSpec
 from compressors.onnx.graph import Shape, initializers, producers
-from compressors.onnx.lowrank import Layer, find_layers
+from compressors.onnx.layers import Layer, find_layers
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Energy, RankRule, Target
 from compressors.onnx.result import CompressionResult, LayerResult

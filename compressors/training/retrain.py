@@ -20,7 +20,7 @@ from compressors.errors import InvalidSpec
 from compressors.intake.datasets import Dataset
 from compressors.onnx import metrics
 from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.lowrank import find_layers
+from compressors.onnx.layers import find_layers
 from compressors.onnx.result import CompressionResult
 from compressors.training.convert import TrainableModel, to_torch, write_back
 from compressors.training.loop import Regularizer, TrainConfig, TrainProgress, TrainResult, train

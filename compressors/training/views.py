@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import onnx
 import torch
 
-from compressors.onnx.graph import initializers, producers
-from compressors.onnx.lowrank import Layer
-from compressors.onnx.macs import attribute
+from compressors.onnx.graph import attribute, initializers, producers
+from compressors.onnx.layers import Layer
 from compressors.training.convert import TrainableModel
 
 
