@@ -5,9 +5,9 @@ Two models are built here with random weights (never downloaded) and exported th
 export theirs (``compressors.digits.export``, dynamo, dynamic batch), cached in ``bench/.cache/``:
 a torchvision ResNet-50 (25.5 M parameters once the exporter folds BatchNorm, 4.1 GMACs per
 sample) and a wide MLP
-1024-4096-4096-1024. Each is loaded once with ``compressors.loading.load_model`` and
-compressed by ``compressors.methods.svd.compress`` at whole-model MAC targets 0.5, 0.25 and
-0.125 (``Target(ratio, "macs")``). Then:
+1024-4096-4096-1024. Each is loaded once with ``compressors.load_model`` and compressed
+by the ``svd`` method (``compressors.onnx.lowrank.factorize``) at whole-model MAC targets
+0.5, 0.25 and 0.125 (``Target(ratio, "macs")``). Then:
 
 (a) Speedup per MACs reduction, at batch 1 and 32:
     (latency_before / latency_after) / (macs_before / macs_after); goal >= 0.8.
@@ -68,11 +68,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
 from compressors.intake.loading import LoadedModel, load_model
-from compressors.methods import svd
 from compressors.onnx.graph import concrete_input_shapes
 from compressors.onnx.inspection import analysis_shapes, inspect_model
 from compressors.onnx.layers import find_layers
-from compressors.onnx.lowrank import weight_matrix
+from compressors.onnx.lowrank import (
+    factorize,
+    weight_matrix,
+)
 from compressors.onnx.macs import count_params
 from compressors.onnx.metrics import measure_latency, random_feeds, write_model
 from compressors.onnx.ranks import Fixed, Target, break_even_rank
@@ -173,6 +175,11 @@ def log(message: str) -> None:
 # --- (b) pipeline vs bare SVD -------------------------------------------------------------
 
 
+def _svd(loaded: LoadedModel, rule: Any) -> CompressionResult:
+    shapes, batch = analysis_shapes(loaded.proto)
+    return factorize(loaded.proto, shapes, rule, batch)
+
+
 def time_bare_svd(matrices: list[np.ndarray]) -> float:
     start = time.perf_counter()
     for matrix in matrices:
@@ -183,7 +190,7 @@ def time_bare_svd(matrices: list[np.ndarray]) -> float:
 def time_pipeline(loaded: LoadedModel, target: float, out: Path) -> tuple[CompressionResult, float, float]:
     """(result, seconds in svd.compress, seconds in write_model)."""
     start = time.perf_counter()
-    result = svd.compress(loaded, Target(target, "macs"))
+    result = _svd(loaded, Target(target, "macs"))
     compressed = time.perf_counter()
     write_model(result.model, out)
     return result, compressed - start, time.perf_counter() - compressed
@@ -377,7 +384,7 @@ def bench_model(subject: Subject, settings: Settings, workdir: Path) -> dict[str
         compressed[key] = result.model
         rounded = rounded_rule(result, block)
         if rounded is not None:
-            variant = svd.compress(loaded, rounded).model
+            variant = _svd(loaded, rounded).model
             compressed[f"{key}-r{block}"] = variant
             variants[key] = inspect_model(variant).macs
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT))
 
 from compressors.intake.datasets import load_dataset  # noqa: E402
 from compressors.intake.loading import load_model  # noqa: E402
+from compressors.methods import get  # noqa: E402
 from compressors.onnx import metrics  # noqa: E402
 from compressors.onnx.inspection import analysis_shapes  # noqa: E402
 from compressors.onnx.lowrank import factorize  # noqa: E402
 from compressors.onnx.ranks import Energy  # noqa: E402
-from compressors.sweep import Curve, SweepSpec, plot_curve, regularize, sweep  # noqa: E402
+from compressors.sweep import Curve, SweepSpec, plot_curve, sweep  # noqa: E402
 from compressors.training.loop import TrainConfig  # noqa: E402
 from compressors.training.retrain import Hooks, TrainingData  # noqa: E402
 from examples import digits  # noqa: E402
@@ -172,9 +173,8 @@ def run_model(name: str, path: Path, seeds: list[int], epochs: int, quick: bool)
         for method, strengths in ABLATION.items():
             for seed in seeds if strengths[0] else seeds[:1]:
                 seeded = TrainConfig(**{**config.__dict__, "seed": seed})
-                source = regularize(
-                    method, model, training, seeded, strengths[0], spec((method,), targets, {}), Hooks()
-                )
+                trained = get(method).train(model, training, replace(seeded, strength=strengths[0]), Hooks())
+                source = trained.model  # type: ignore[attr-defined]
                 shapes, batch = analysis_shapes(source, training.sample_shapes)
                 for energy in ENERGIES:
                     result = factorize(source, shapes, Energy(energy), batch)

@@ -65,9 +65,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
 from compressors.intake.loading import load_model
-from compressors.methods.nuclear import NuclearProx
 from compressors.report import library_versions
 from compressors.training.loop import TrainConfig, TrainProgress, train
+from compressors.training.prox import NuclearProx
 from compressors.training.retrain import trainable_with_views
 from compressors.training.views import WeightView
 from examples import digits

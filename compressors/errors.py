@@ -55,3 +55,9 @@ class NotRetrainable(ModelpressError):
 
 class JobCancelled(ModelpressError):
     kind = "job-cancelled"
+
+
+class TrainingDiverged(ModelpressError):
+    """A loss or a weight stopped being finite while training."""
+
+    kind = "training-diverged"

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
+from compressors.intake.datasets import Dataset
+from compressors.intake.loading import LoadedModel
+from compressors.onnx.graph import fixed_batch
 from compressors.onnx.result import LayerResult
 
 SCHEMA_VERSION = "1.0"
@@ -118,3 +121,56 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
         rows.append(("top-1 agreement", "1.0000", f"{a.fidelity['top1_agreement']:.4f}", ""))
         rows.append(("max |logit diff|", "0", f"{a.fidelity['max_abs_logit_diff']:.4g}", ""))
     return rows
+
+
+def model_block(model: LoadedModel) -> dict[str, Any]:
+    info = model.info
+    return {
+        "sha256": model.sha256,
+        "file": model.path.name,
+        "opset": info.opset,
+        "producer": info.producer,
+        "inputs": [vars(t) for t in info.inputs],
+        "outputs": [vars(t) for t in info.outputs],
+    }
+
+
+def dataset_block(dataset: Dataset | None, x_eval: Any) -> dict[str, Any] | None:
+    if dataset is None or x_eval is None:
+        return None
+    return {
+        "name": dataset.name,
+        "sha256": dataset.sha256,
+        "evaluated_samples": len(x_eval),
+        "labelled": dataset.labelled,
+    }
+
+
+def notes(sparse: bool, model: LoadedModel, dataset: Dataset | None, latency: dict[str, Any]) -> list[str]:
+    """What a reader of the numbers must know: what MACs count, what sparsity does not buy,
+    which layers were left alone and why, what was not measured."""
+    lines = ["MACs are per sample and count Conv, ConvTranspose, Gemm and MatMul only."]
+    if sparse:
+        lines.append(
+            "Unstructured sparsity: zeros are reported as fewer nonzeros; MACs and latency do not fall "
+            "because dense kernels multiply zeros too."
+        )
+    batch = fixed_batch(model.proto)
+    if latency.get("measured") and batch is not None:
+        lines.append(
+            f"The model's batch dimension is fixed at {batch}; latency at other batch "
+            "sizes cannot be measured (export with a dynamic batch to get them)."
+        )
+    if dataset is not None and not dataset.labelled:
+        lines.append(
+            "The dataset has no labels: training distilled the original model and the report "
+            "gives fidelity, not accuracy."
+        )
+    lines += [
+        f"{layer.name} ({layer.op}) left as is: {layer.reason}."
+        for layer in model.info.layers
+        if not layer.eligible
+    ]
+    if dataset is None:
+        lines.append("No dataset was given: accuracy and fidelity were not measured.")
+    return lines

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +20,15 @@ import onnx
 
 from compressors.errors import InvalidSpec
 from compressors.intake.loading import LoadedModel
-from compressors.methods import l1, l2, nuclear, variational
+from compressors.methods import Method, get
 from compressors.onnx import metrics
-from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.lowrank import factorize
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Target
 from compressors.onnx.result import CompressionResult
-from compressors.onnx.sparsity import magnitude_prune
-from compressors.training.loop import TrainConfig
-from compressors.training.retrain import Hooks, TrainingData, finetune
+from compressors.pipeline import finish
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
-FACTORIZING = ("svd", "nuclear", "l2")
-UNSTRUCTURED = ("l1", "prune", "variational")
 DEFAULT_TARGETS = (0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.06)
-DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
-    "nuclear": (0.3, 1.0, 3.0),
-    "l2": (1e-3, 1e-2, 1e-1),
-    "l1": (0.3, 1.0, 3.0),
-    "group_lasso": (0.3, 1.0, 3.0),
-    "variational": (0.03, 0.1, 0.3),
-}
 
 
 @dataclass
@@ -86,7 +74,7 @@ class Curve:
 class SweepSpec:
     methods: Sequence[str]
     targets: Sequence[float] = DEFAULT_TARGETS
-    strengths: dict[str, Sequence[float]] = field(default_factory=dict)  # per method; defaults above
+    strengths: dict[str, Sequence[float]] = field(default_factory=dict)  # per method; else its own grid
     seeds: Sequence[int] = (0,)
     config: TrainConfig = field(default_factory=TrainConfig)
     finetune_epochs: int = 0
@@ -103,125 +91,60 @@ def sweep(
     on_point: Callable[[Point], None] | None = None,
 ) -> Curve:
     hooks = hooks or Hooks()
-    data = training.data
-    labels = data.y_val
+    methods = [get(name) for name in spec.methods]  # refuses unknown names before any work
     reference = training.teacher_val
-    baseline = _score(reference, labels, reference)
-    curve = Curve(baseline, "accuracy" if labels is not None else "agreement")
-    params0, _ = count_params(model.proto)
-    shapes, batch = analysis_shapes(model.proto, training.sample_shapes)
+    labels = training.data.y_val
+    curve = Curve(_score(reference, labels, reference), "accuracy" if labels is not None else "agreement")
     base_latency = _latency(model.proto, training) if spec.latency else None
-    for method in spec.methods:
-        if method not in (*FACTORIZING, *UNSTRUCTURED, "group_lasso"):
-            raise InvalidSpec(f"unknown method {method!r} in the sweep.")
-        strengths: Sequence[float | None] = (
-            [None] if method in ("svd", "prune") else spec.strengths.get(method, DEFAULT_STRENGTHS[method])
-        )
-        for seed in spec.seeds if method not in ("svd", "prune") else spec.seeds[:1]:
-            config = TrainConfig(**{**spec.config.__dict__, "seed": seed})
-            for strength in strengths:
-                for target, result in _levels(method, model, training, config, strength, spec, hooks):
-                    if spec.finetune_epochs > 0:
-                        result.model, _ = finetune(
-                            result.model,
-                            training,
-                            config,
-                            spec.finetune_epochs,
-                            hooks,
-                            keep_zeros=method in UNSTRUCTURED,
-                        )
-                    logits = metrics.predict(result.model, data.x_val)
-                    _, nonzeros = count_params(result.model)
-                    point = Point(
-                        method,
-                        seed,
-                        strength,
-                        target,
-                        nonzeros / params0,
-                        result.macs_after / max(result.macs_before, 1),
-                        _score(logits, labels, reference),
-                        (_latency(result.model, training) / base_latency) if base_latency else None,
-                    )
-                    curve.points.append(point)
-                    if on_point is not None:
-                        on_point(point)
-    del shapes, batch
+    for method in methods:
+        for seed, strength in _grid(method, spec):
+            config = replace(
+                spec.config, seed=seed, strength=strength, strength_ramp=spec.ramp, prox_every=spec.prox_every
+            )
+            trained = method.train(model, training, config, hooks)
+            for target in spec.targets:
+                try:
+                    result = trained.cut(Target(target, method.sweep_metric))
+                except InvalidSpec:
+                    continue  # a target below what this model can reach
+                finish(result, training, config, spec.finetune_epochs, hooks, method.sparse)
+                point = _point(method.name, seed, strength, target, model, result, training, base_latency)
+                curve.points.append(point)
+                if on_point is not None:
+                    on_point(point)
     return curve
 
 
-def _levels(
+def _grid(method: Method, spec: SweepSpec) -> list[tuple[int, float | None]]:
+    """(seed, strength) pairs: a training-free method runs once, at the first seed."""
+    if not method.retrains:
+        return [(spec.seeds[0], None)]
+    strengths = spec.strengths.get(method.name, method.sweep_strengths)
+    return [(seed, strength) for seed in spec.seeds for strength in strengths]
+
+
+def _point(
     method: str,
-    model: LoadedModel,
-    training: TrainingData,
-    config: TrainConfig,
+    seed: int,
     strength: float | None,
-    spec: SweepSpec,
-    hooks: Hooks,
-):  # type: ignore[no-untyped-def]
-    """(target, result) for each target, training at most once."""
-    sample = training.sample_shapes
-    targets = spec.targets
-    if method == "variational":
-        assert strength is not None
-        trained = variational.train_variational(model, training, config, strength, hooks)
-        for target in targets:
-            pruned = trained.prune(Target(target, "params"))
-            macs = _total_macs(pruned, sample)
-            yield target, CompressionResult(pruned, [], macs, macs)
-        return
-    if method == "group_lasso":
-        from compressors.methods import group_lasso
-
-        assert strength is not None
-        trained_gl = group_lasso.train_group_lasso(model, training, config, strength, hooks)
-        for target in targets:
-            try:
-                yield target, trained_gl.remove(Target(target, "macs"))
-            except InvalidSpec:
-                continue
-        return
-    source = regularize(method, model, training, config, strength, spec, hooks)
-    shapes, batch = analysis_shapes(source, sample)
-    for target in targets:
-        try:
-            if method in UNSTRUCTURED:
-                yield target, magnitude_prune(source, shapes, Target(target, "params"), batch)
-            else:
-                yield target, factorize(source, shapes, Target(target, "macs"), batch)
-        except InvalidSpec:
-            continue  # a target below what this model can reach
-
-
-def regularize(
-    method: str,
+    target: float,
     model: LoadedModel,
+    result: CompressionResult,
     training: TrainingData,
-    config: TrainConfig,
-    strength: float | None,
-    spec: SweepSpec,
-    hooks: Hooks,
-) -> onnx.ModelProto:
-    """The model ``method`` truncates or prunes: trained with its regularizer for nuclear,
-    l2 and l1, the original for svd and prune."""
-    if method not in ("nuclear", "l2", "l1"):
-        return model.proto
-    assert strength is not None
-    if method == "nuclear":
-        trained, _ = nuclear.train_nuclear(
-            model, training, config, strength, hooks, spec.prox_every, spec.ramp
-        )
-    elif method == "l1":
-        trained, _ = l1.train_l1(model, training, config, strength, hooks)
-    else:
-        trained, _ = l2.train_l2(model, training, config, strength, hooks)
-    return trained
-
-
-def _total_macs(model: onnx.ModelProto, sample: dict) -> int:
-    from compressors.onnx.layers import find_layers
-
-    shapes, batch = analysis_shapes(model, sample)
-    return sum(layer.macs for layer in find_layers(model, shapes, batch))
+    base_latency: float | None,
+) -> Point:
+    logits = metrics.predict(result.model, training.data.x_val)
+    _, nonzeros = count_params(result.model)
+    return Point(
+        method,
+        seed,
+        strength,
+        target,
+        nonzeros / model.info.params,
+        result.macs_after / max(result.macs_before, 1),
+        _score(logits, training.data.y_val, training.teacher_val),
+        (_latency(result.model, training) / base_latency) if base_latency else None,
+    )
 
 
 def _score(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:

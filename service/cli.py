@@ -20,8 +20,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from compressors.errors import ModelpressError
-from service.spec import METHODS
+from compressors import ModelpressError
 
 EXIT_OK, EXIT_GATE, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
 
@@ -33,6 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressors import METHODS
+
     parser = _Parser(prog="modelpress", description="Compress ONNX models with an honest report.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -140,13 +141,11 @@ def _quiet_libraries() -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from compressors.intake.loading import load_model
-    from compressors.training.convert import check_retrainable
+    from compressors import inspect_model, load_model
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
-    info = model.info
-    info.retrainable, info.retrainable_reason = check_retrainable(model.proto)
+    info = inspect_model(model)
     if args.json:
         print(
             json.dumps({"sha256": model.sha256, "file_bytes": model.file_bytes, **info.to_dict()}, indent=2)
@@ -224,11 +223,17 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from compressors.intake.datasets import load_dataset
-    from compressors.intake.loading import load_model
-    from compressors.sweep import DEFAULT_TARGETS, SweepSpec, sweep, write_curve
-    from compressors.training.loop import TrainConfig
-    from compressors.training.retrain import TrainingData
+    from compressors import (
+        DEFAULT_TARGETS,
+        METHODS,
+        SweepSpec,
+        TrainConfig,
+        TrainingData,
+        load_dataset,
+        load_model,
+        sweep,
+        write_curve,
+    )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -343,7 +348,7 @@ def _progress_bar(console: Console):  # type: ignore[no-untyped-def]
 
 
 def _print_report(report) -> None:  # type: ignore[no-untyped-def]
-    from compressors.report import summary_rows
+    from compressors import summary_rows
 
     console = Console()
     table = Table(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from compressors.errors import ModelpressError
+from compressors import ModelpressError
 
 TYPE_BASE = "https://modelpress.dev/problems/"
 MEDIA_TYPE = "application/problem+json"

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from service.spec import (
-    GroupLassoSpec,
-    L1Spec,
-    L2Spec,
-    NuclearSpec,
-    PruneSpec,
-    SvdSpec,
-    VariationalSpec,
-)
+from compressors import METHODS
+from service.spec import METHODS_NAMES, SpecBase, spec_class
 
 T = TypeVar("T")
 
@@ -73,38 +66,15 @@ class _Target(BaseModel):
     dataset_id: str | None = Field(None, max_length=40)
 
 
-class SvdJob(SvdSpec, _Target):
+class _Job(SpecBase, _Target):
     pass
 
 
-class NuclearJob(NuclearSpec, _Target):
-    pass
-
-
-class L2Job(L2Spec, _Target):
-    pass
-
-
-class GroupLassoJob(GroupLassoSpec, _Target):
-    pass
-
-
-class L1Job(L1Spec, _Target):
-    pass
-
-
-class PruneJob(PruneSpec, _Target):
-    pass
-
-
-class VariationalJob(VariationalSpec, _Target):
-    pass
-
-
-JobCreate = Annotated[
-    SvdJob | NuclearJob | L2Job | GroupLassoJob | L1Job | PruneJob | VariationalJob,
-    Field(discriminator="method"),
-]
+JOBS = {name: spec_class(method, _Job, "Job") for name, method in METHODS.items()}
+if TYPE_CHECKING:
+    JobCreate = _Job
+else:
+    JobCreate = Annotated[Union[tuple(JOBS.values())], Field(discriminator="method")]  # noqa: UP007
 
 
 class SweepTraining(BaseModel):
@@ -119,9 +89,7 @@ class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_id: str = Field(min_length=1, max_length=40)
     dataset_id: str = Field(min_length=1, max_length=40)
-    methods: list[Literal["svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune"]] = Field(
-        min_length=1, max_length=7
-    )
+    methods: list[Literal[METHODS_NAMES]] = Field(min_length=1, max_length=len(METHODS_NAMES))  # type: ignore[valid-type]
     targets: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(None, min_length=1, max_length=20)
     strengths: dict[str, list[Annotated[float, Field(ge=0, le=1e6)]]] = Field(default_factory=dict)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(

@@ -1,22 +1,19 @@
 """The job spec: one pydantic model shared by the API, the database and the queue payload.
 
-A discriminated union keyed by ``method``. Defaults for ``strength`` are per method (they
-mean different things: λ of a nuclear norm, a weight-decay coefficient, an l1 or group-lasso
-λ, a KL weight) and were chosen on the digits review (docs/review.md).
+A discriminated union keyed by ``method``, one member per registered method
+(``compressors.METHODS``): its rank rules, default rule and default ``strength`` come from
+the method's registry entry. Strengths mean different things per method (λ of a nuclear
+norm, a weight-decay coefficient, an l1 or group-lasso λ, a KL weight); the defaults were
+chosen on the digits review (docs/review.md).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from compressors.onnx.ranks import Energy, RankRule, Target
-from compressors.training.loop import TrainConfig
-
-DEFAULT_STRENGTH = {"nuclear": 1.0, "l2": 0.01, "l1": 1.0, "group_lasso": 1.0, "variational": 0.1}
-RETRAINING = frozenset(DEFAULT_STRENGTH)
-SPARSE = frozenset({"l1", "prune", "variational"})  # unstructured: nonzeros shrink, MACs do not
+from compressors import METHODS, Energy, InvalidSpec, Method, RankRule, Target, TrainConfig
 
 
 class RankSpec(BaseModel):
@@ -66,14 +63,16 @@ class TrainingSpec(BaseModel):
     distill: bool = Field(False, description="distill from the original (always on without labels)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
-    def config(self, epochs: int | None = None) -> TrainConfig:
+    def config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=epochs or self.epochs,
+            epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             lr_schedule=self.lr_schedule,
             seed=self.seed,
             distill=self.distill,
+            strength=self.strength,
+            strength_ramp=self.strength_ramp,
         )
 
 
@@ -85,10 +84,11 @@ class EvaluationSpec(BaseModel):
     batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], max_length=4)
 
 
-class _Spec(BaseModel):
+class SpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rank: RankSpec = Field(default_factory=lambda: RankSpec(energy=0.9))
+    method: str
+    rank: RankSpec | None
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
@@ -96,68 +96,56 @@ class _Spec(BaseModel):
     def seed(self) -> int:
         return self.training.seed
 
+    @property
+    def entry(self) -> Method:
+        """The method's registry entry."""
+        return METHODS[self.method]
+
     def strength(self) -> float:
-        method = self.method  # type: ignore[attr-defined]
-        given = self.training.strength
-        return DEFAULT_STRENGTH.get(method, 0.0) if given is None else given
-
-
-class _Sparse(_Spec):
-    rank: RankSpec = Field(default_factory=lambda: RankSpec(target_params=0.25))
+        return self.entry.strength_for(self.training.config()) or 0.0
 
     @model_validator(mode="after")
-    def _no_macs_target(self) -> _Sparse:
-        if self.rank.target_macs is not None:
-            raise ValueError(
-                "unstructured sparsity does not lower MACs; use target_params (a nonzeros ratio)"
-            )
+    def _rule_fits_the_method(self) -> SpecBase:
+        try:
+            self.entry.check_rule(self.rank.rule() if self.rank is not None else None)
+        except InvalidSpec as exc:
+            raise ValueError(exc.message) from None
         return self
 
 
-class SvdSpec(_Spec):
-    """Training-free truncated SVD (optionally fine-tuned after)."""
-
-    method: Literal["svd"] = "svd"
-
-
-class NuclearSpec(_Spec):
-    method: Literal["nuclear"] = "nuclear"
-
-
-class L2Spec(_Spec):
-    method: Literal["l2"] = "l2"
-
-
-class GroupLassoSpec(_Spec):
-    method: Literal["group_lasso"] = "group_lasso"
-
-
-class L1Spec(_Sparse):
-    method: Literal["l1"] = "l1"
-
-
-class PruneSpec(_Sparse):
-    method: Literal["prune"] = "prune"
-
-
-class VariationalSpec(_Sparse):
-    method: Literal["variational"] = "variational"
-    rank: RankSpec | None = Field(None, description="target_params, or none to prune at log α > 3")  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _no_macs_target(self) -> VariationalSpec:
-        if self.rank is not None and self.rank.target_params is None:
-            raise ValueError("variational takes target_params or no rank at all (log α > 3 threshold)")
-        return self
+def spec_class(method: Method, base: type[BaseModel] = SpecBase, suffix: str = "Spec") -> type[BaseModel]:
+    """The job spec of one method: ``method`` fixed to its name, ``rank`` defaulted to its rule."""
+    rank: Any
+    if method.default_rule is None:
+        rank = (
+            RankSpec | None,
+            Field(None, description=f"{' or '.join(method.rules)}, or none: {method.summary}"),
+        )
+    else:
+        default = dict(method.default_rule)
+        rank = (RankSpec, Field(default_factory=lambda: RankSpec(**default)))
+    cls: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        "".join(part.capitalize() for part in method.name.split("_")) + suffix,
+        __base__=base,
+        __doc__=f"``{method.name}``: {method.summary}.",
+        __module__=__name__,
+        method=(Literal[method.name], method.name),  # type: ignore[arg-type, valid-type]
+        rank=rank,
+    )
+    # what shrinks, for clients that check their method list against the OpenAPI document
+    cls.model_config = {**cls.model_config, "json_schema_extra": {"x-shrinks": method.shrinks}}
+    cls.model_rebuild(force=True)
+    return cls
 
 
-CompressionSpec = Annotated[
-    SvdSpec | NuclearSpec | L2Spec | GroupLassoSpec | L1Spec | PruneSpec | VariationalSpec,
-    Field(discriminator="method"),
-]
-METHODS = ("svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune")
-spec_adapter: TypeAdapter[CompressionSpec] = TypeAdapter(CompressionSpec)
+SPECS = {name: spec_class(method) for name, method in METHODS.items()}
+METHODS_NAMES = tuple(METHODS)
+if TYPE_CHECKING:
+    CompressionSpec = SpecBase
+else:
+    CompressionSpec = Annotated[Union[tuple(SPECS.values())], Field(discriminator="method")]  # noqa: UP007
+spec_adapter: TypeAdapter[SpecBase] = TypeAdapter(CompressionSpec)
 
 
-def parse_spec(data: dict) -> CompressionSpec:
+def parse_spec(data: dict) -> SpecBase:
     return spec_adapter.validate_python(data)

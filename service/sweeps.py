@@ -7,14 +7,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compressors.errors import InvalidSpec
-from compressors.intake.datasets import load_dataset
-from compressors.intake.loading import load_model
-from compressors.report import SCHEMA_VERSION, library_versions
-from compressors.sweep import DEFAULT_TARGETS, SweepSpec, sweep, write_curve
-from compressors.training.loop import TrainConfig, TrainProgress
-from compressors.training.retrain import Hooks, TrainingData
-from service.runner import Progress
+from compressors import (
+    DEFAULT_TARGETS,
+    SCHEMA_VERSION,
+    Hooks,
+    InvalidSpec,
+    Progress,
+    SweepSpec,
+    TrainConfig,
+    TrainingData,
+    TrainProgress,
+    library_versions,
+    load_dataset,
+    load_model,
+    sweep,
+    write_curve,
+)
 
 
 def run_sweep(

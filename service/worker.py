@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from compressors.errors import JobCancelled, ModelpressError
+from compressors import JobCancelled, ModelpressError
 from service import queue
 from service.db import session_scope
 from service.models import Job, StoredDataset, StoredModel

@@ -13,7 +13,7 @@ from torch import nn
 
 from compressors.errors import InvalidSpec
 from compressors.intake.loading import load_model
-from compressors.methods.group_lasso import GroupLassoProx, TrainedGroupLasso, _bound_affines
+from compressors.methods.group_lasso import TrainedGroupLasso, _bound_affines
 from compressors.onnx import metrics
 from compressors.onnx.channels import group_norms, prunable_layers, remove_channels
 from compressors.onnx.graph import constant_array, initializers, producers
@@ -21,6 +21,7 @@ from compressors.onnx.inspection import analysis_shapes, inspect_model
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Energy, Target
 from compressors.training.convert import write_back
+from compressors.training.prox import GroupLassoProx
 from compressors.training.retrain import trainable_with_views
 from examples import digits
 from tests import builders
@@ -417,7 +418,7 @@ def test_group_lasso_switches_off_channels_behind_a_batchnorm_exactly(tmp_path: 
     trained = TrainedGroupLasso(
         source, {}, [first.layer], summary={}, affines={first.layer: [t for _, t in affines[first.layer]]}
     )
-    result = trained.remove(Energy(1.0))
+    result = trained.cut(Energy(1.0))
     first_conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
     assert _array(result.model, first_conv.name, 1).shape[0] == 2  # 2 of 4 filters removed
     (norm_node,) = [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
@@ -444,7 +445,7 @@ def test_a_target_removes_zeroed_groups_first_then_the_weakest_of_each_layer(tmp
     model = onnx.load(str(path))
     first, second, _ = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     trained = TrainedGroupLasso(model, {}, [first, second], summary={})
-    result = trained.remove(Target(0.5, "macs"))
+    result = trained.cut(Target(0.5, "macs"))
     widths = {
         name: _array(result.model, name, 1).shape[0] for name in (first, second)
     }  # Gemm weights are out × in here (transB=1)

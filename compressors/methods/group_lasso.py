@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
 from compressors.errors import InvalidSpec
 from compressors.intake.loading import LoadedModel
+from compressors.methods.registry import RULES, register
 from compressors.onnx.channels import (
     ChannelRemoval,
     channel_affines,
@@ -41,71 +41,14 @@ from compressors.onnx.channels import (
 from compressors.onnx.inspection import analysis_shapes
 from compressors.onnx.layers import find_layers
 from compressors.onnx.macs import count_params
-from compressors.onnx.ranks import Energy, RankRule, Target
+from compressors.onnx.ranks import Energy, RankRule, Target, truncate_to_energy
 from compressors.onnx.result import CompressionResult, LayerResult
-from compressors.training.convert import TrainableModel, write_back
-from compressors.training.loop import TrainConfig
-from compressors.training.retrain import (
-    Hooks,
-    TrainingData,
-    finish,
-    run_training,
-    stage_summary,
-    trainable_with_views,
-)
-from compressors.training.views import WeightView
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
-
-class GroupLassoProx:
-    def __init__(
-        self,
-        module: torch.nn.Module,
-        views: list[WeightView],
-        strength: float,
-        affines: Mapping[str, list[str]] | None = None,
-    ) -> None:
-        """``affines`` maps a view's parameter to per-channel parameters in its groups."""
-        self.params = dict(module.named_parameters())
-        self.views = views
-        self.strength = strength
-        self.affines = {v.param: list((affines or {}).get(v.param, [])) for v in views}
-
-    def penalty(self) -> None:
-        return None
-
-    def _rows(self, view: WeightView) -> torch.Tensor:
-        rows = view.matrix(self.params[view.param].detach())
-        extra = ([view.bias] if view.bias is not None else []) + self.affines[view.param]
-        columns = [self.params[name].detach().reshape(-1, 1) for name in extra]
-        return torch.cat([rows, *columns], dim=1) if columns else rows
-
-    @torch.no_grad()
-    def after_step(self, step: int, lr: float) -> None:
-        tau = lr * self.strength
-        for view in self.views:
-            rows = self._rows(view)
-            scale = (1 - tau / rows.norm(dim=1).clamp_min(1e-12)).clamp_min(0)
-            weight = self.params[view.param]
-            view.assign(weight, view.matrix(weight.detach()) * scale[:, None])
-            for name in ([view.bias] if view.bias is not None else []) + self.affines[view.param]:
-                self.params[name].mul_(scale)
-
-    @torch.no_grad()
-    def stats(self) -> dict[str, float]:
-        total = zero = 0
-        norm = 0.0
-        for view in self.views:
-            norms = self._rows(view).norm(dim=1)
-            total += len(norms)
-            zero += int((norms == 0).sum())
-            norm += float(norms.sum())
-        return {"group_norm": norm, "regularizer": self.strength * norm, "groups_zero": zero / max(total, 1)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+if TYPE_CHECKING:
+    from compressors.training.convert import TrainableModel
+    from compressors.training.prox import GroupLassoProx
+    from compressors.training.views import WeightView
 
 
 @dataclass
@@ -117,7 +60,7 @@ class TrainedGroupLasso:
     summary: dict[str, Any] = field(default_factory=dict)
     affines: dict[str, list[str]] = field(default_factory=dict)  # layer -> normalization tensors
 
-    def remove(self, rule: RankRule) -> CompressionResult:
+    def cut(self, rule: RankRule | None) -> CompressionResult:
         shapes, batch = analysis_shapes(self.source, self.sample_shapes)
         norms = group_norms(self.source, self.layers, self.affines)
         if isinstance(rule, Energy):
@@ -136,9 +79,7 @@ def _keep_by_energy(norms: np.ndarray, energy: float) -> np.ndarray:
     if energy >= 1.0:
         return np.flatnonzero(norms > 1e-8 * max(float(norms.max()), 1e-30))
     order = np.argsort(-norms)
-    share = np.cumsum(norms[order] ** 2) / max(float((norms**2).sum()), 1e-30)
-    count = min(int(np.searchsorted(share, energy - 1e-12)) + 1, len(norms))
-    return np.sort(order[:count])
+    return np.sort(order[: truncate_to_energy(norms[order], energy)])
 
 
 def _remove_to_target(
@@ -207,49 +148,47 @@ def _accounting(
         channels = (
             (removal.kept[name], removal.kept[name] + removal.removed[name]) if name in removal.kept else None
         )
-        rows.append(
-            LayerResult(
-                name,
-                old.op,
-                list(old.weight_shape),
-                old.full_rank,
-                None,
-                None,
-                old.params,
-                new.params,
-                old.macs,
-                new.macs,
-                channels=channels,
-            )
-        )
+        rows.append(LayerResult.of(old, params_after=new.params, macs_after=new.macs, channels=channels))
     return CompressionResult(
         removal.model, rows, sum(r.macs_before for r in rows), sum(r.macs_after for r in rows)
     )
 
 
-def train_group_lasso(
-    model: LoadedModel, training: TrainingData, config: TrainConfig, strength: float, hooks: Hooks
+@register(
+    "group_lasso",
+    summary="trains with λ·Σ‖W_g‖ over output neurons/filters, then removes them",
+    shrinks="structure",
+    rules=RULES,
+    default_rule={"energy": 0.9},
+    strength=1.0,
+    sweep_strengths=(0.3, 1.0, 3.0),
+)
+def train(
+    model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks
 ) -> TrainedGroupLasso:
-    shapes, _ = analysis_shapes(model.proto, training.sample_shapes)
+    from compressors.training.prox import GroupLassoProx
+    from compressors.training.retrain import retrain
+
+    assert data is not None
+    shapes, _ = analysis_shapes(model.proto, data.sample_shapes)
     verdicts = prunable_layers(model.proto, shapes)
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    removable = [v for v in views if verdicts.get(v.layer) is None]
-    affines = _bound_affines(model.proto, shapes, trainable, removable)
-    prox = GroupLassoProx(
-        trainable.module,
-        removable,
-        strength,
-        {v.param: [param for param, _ in affines.get(v.layer, [])] for v in removable},
-    )
-    trained = run_training(trainable, training, config, "train", hooks, prox)
-    tied = {name: why for name, why in verdicts.items() if why is not None}
+    bound: dict[str, list[tuple[str, str]]] = {}
+
+    def prox(trainable: TrainableModel, views: list[WeightView]) -> GroupLassoProx:
+        removable = [v for v in views if verdicts.get(v.layer) is None]
+        bound.update(_bound_affines(model.proto, shapes, trainable, removable))
+        per_param = {v.param: [param for param, _ in bound.get(v.layer, [])] for v in removable}
+        return GroupLassoProx(trainable.module, removable, float(config.strength or 0.0), per_param)
+
+    done = retrain(model.proto, data, config, hooks, prox)
+    assert isinstance(done.regularizer, GroupLassoProx)
     return TrainedGroupLasso(
-        write_back(trainable, model.proto),
-        dict(training.sample_shapes),
-        [v.layer for v in removable],
-        tied,
-        {**stage_summary(trained), "strength": strength},
-        {layer: [tensor for _, tensor in pairs] for layer, pairs in affines.items()},
+        done.model,
+        dict(data.sample_shapes),
+        [v.layer for v in done.regularizer.views],
+        {name: why for name, why in verdicts.items() if why is not None},
+        done.summary,
+        {layer: [tensor for _, tensor in pairs] for layer, pairs in bound.items()},
     )
 
 
@@ -264,19 +203,3 @@ def _bound_affines(
     found = channel_affines(model, shapes)
     bound = {v.layer: [(trainable.parameter_of(t), t) for t in found.get(v.layer, [])] for v in views}
     return {layer: [(p, t) for p, t in pairs if p is not None] for layer, pairs in bound.items()}
-
-
-def compress(
-    model: LoadedModel,
-    training: TrainingData,
-    rule: RankRule,
-    config: TrainConfig,
-    strength: float,
-    finetune_epochs: int = 0,
-    hooks: Hooks | None = None,
-) -> CompressionResult:
-    hooks = hooks or Hooks()
-    trained = train_group_lasso(model, training, config, strength, hooks)
-    result = trained.remove(rule)
-    result.training = {"train": trained.summary}
-    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)

@@ -1,218 +1,46 @@
 """``nuclear``: compression-aware training (Alvarez & Salzmann, NeurIPS 2017), then truncation.
 
 Objective: L(W) + λ Σ_l ‖W_l‖*, W_l the out × in matrix of layer l (conv kernels reshaped
-to Cout × Cin·kh·kw). Optimized by proximal steps: after the optimizer's step on L, each
-W_l is replaced by prox_{τ‖·‖*}(W_l) = U max(Σ − τ, 0) Vᵀ, singular-value soft-thresholding
-(Cai, Candès & Shen 2010, Thm. 2.1), with τ = lr·λ per step elapsed since the last prox.
-
-Cost. An exact SVD per matrix per step costs many training steps on big models. The prox
-here thresholds through the eigendecomposition of the smaller Gram matrix G = W Wᵀ (or
-WᵀW): G = U Σ² Uᵀ, and U diag(max(σ − τ, 0)/σ) Uᵀ W equals the SVT of W. Matrices of one
-shape are stacked and decomposed in one batched fp64 ``eigh``. The prox then runs every k
-steps, with k chosen from measured times so that prox time ≤ ``overhead`` (10%) of
-training time (``prox_every`` fixes k instead): the first prox waits for three measured
-steps, then k = ⌈prox time / (0.1 · median step time)⌉. The threshold covers the k steps
-it stands for, so the total shrinkage per epoch does not depend on k. After training,
-layers are truncated by the shared rank rule (energy or target).
-
-Schedule. ``ramp`` > 0 raises λ linearly from 0 to its full value over that fraction of
-the training steps, then holds it: λ(s) = λ · min(1, s / (ramp · total steps)). The
-threshold of a prox is lr · Σ λ(s) over the steps it stands for.
+to Cout × Cin·kh·kw), optimized by proximal singular-value thresholding after each
+optimizer step (``compressors.training.prox.NuclearProx``, docs/adr/0003). After training,
+layers are truncated by the shared rank rule (energy or target), as ``svd`` does.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import defaultdict
-from typing import Any
-
-import onnx
-import torch
-
 from compressors.intake.loading import LoadedModel
-from compressors.onnx.inspection import analysis_shapes
+from compressors.methods.registry import RULES, Trained, Weights, register
 from compressors.onnx.lowrank import factorize
-from compressors.onnx.ranks import RankRule
-from compressors.onnx.result import CompressionResult
-from compressors.training.convert import write_back
-from compressors.training.loop import TrainConfig
-from compressors.training.retrain import (
-    Hooks,
-    TrainingData,
-    finish,
-    run_training,
-    stage_summary,
-    trainable_with_views,
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
+
+
+@register(
+    "nuclear",
+    summary="trains with λ·Σ‖W‖* by proximal singular-value thresholding, then truncates",
+    shrinks="structure",
+    rules=RULES,
+    default_rule={"energy": 0.9},
+    strength=1.0,
+    sweep_strengths=(0.3, 1.0, 3.0),
 )
-from compressors.training.views import WeightView
+def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
+    from compressors.training.prox import NuclearProx
+    from compressors.training.retrain import retrain
 
+    assert data is not None
+    training = data
 
-@torch.no_grad()
-def singular_value_threshold(matrices: torch.Tensor, tau: float) -> torch.Tensor:
-    """SVT of a batch (B, m, n) of matrices through the Gram matrix of the smaller side, fp64."""
-    return _threshold(matrices, tau)[0]
+    def prox(trainable, views):  # type: ignore[no-untyped-def]
+        return NuclearProx(
+            trainable.module,
+            views,
+            float(config.strength or 0.0),
+            config.prox_every,
+            ramp=config.strength_ramp,
+            total_steps=training.steps(config),
+        )
 
-
-def _threshold(matrices: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SVT of the batch, its singular values after thresholding, ascending, fp64).
-
-    The Gram matrix and its eigendecomposition are fp64: small singular values are square
-    roots of small eigenvalues, which fp32 would lose next to the large ones. Applying the
-    projection, U diag(scale) Uᵀ W, runs in the weights' own precision (at least fp32): its
-    rounding is that of storing the result, and it is the costliest step."""
-    wide = matrices.shape[-2] <= matrices.shape[-1]
-    w = matrices if wide else matrices.transpose(-1, -2)
-    w64 = w.double()
-    eigenvalues, u = torch.linalg.eigh(w64 @ w64.transpose(-1, -2))
-    sigma = eigenvalues.clamp_min(0).sqrt()
-    scale = torch.where(sigma > tau, (sigma - tau) / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
-    work = torch.promote_types(matrices.dtype, torch.float32)
-    u, w = u.to(work), w.to(work)
-    shrunk = u @ (scale.to(work).unsqueeze(-1) * (u.transpose(-1, -2) @ w))
-    out = shrunk if wide else shrunk.transpose(-1, -2)
-    return out.to(matrices.dtype), (sigma - tau).clamp_min(0)
-
-
-class NuclearProx:
-    """λ Σ‖W‖* by proximal steps on the viewed weights (see module docstring)."""
-
-    def __init__(
-        self,
-        module: torch.nn.Module,
-        views: list[WeightView],
-        strength: float,
-        prox_every: int | None = None,
-        overhead: float = 0.1,
-        ramp: float = 0.0,
-        total_steps: int = 0,
-    ) -> None:
-        if not 0.0 <= ramp <= 1.0:
-            raise ValueError("ramp is a fraction of the training steps, between 0 and 1")
-        self.params = dict(module.named_parameters())
-        self.views = views
-        self.strength = strength
-        self.ramp_steps = ramp * total_steps
-        self.fixed = prox_every
-        self.every = prox_every or 1
-        self.overhead = overhead
-        self.last = 0  # step of the last prox
-        self._step_clock = time.perf_counter()
-        self._step_times: list[float] = []
-        self._prox_seconds = 0.0
-        self._spectra: list[torch.Tensor] | None = None  # σ per group after the last prox
-        by_shape: dict[tuple[int, ...], list[WeightView]] = defaultdict(list)
-        for view in views:
-            by_shape[tuple(view.matrix(self.params[view.param]).shape)].append(view)
-        self.groups = list(by_shape.values())
-
-    def penalty(self) -> None:
-        return None  # handled by the proximal step, not by the gradient
-
-    def after_step(self, step: int, lr: float) -> None:
-        now = time.perf_counter()
-        self._step_times.append(now - self._step_clock)
-        # with an adaptive interval, the first prox waits until three step times are known
-        warming = self.fixed is None and len(self._step_times) < 3
-        if not warming and step - self.last >= self.every:
-            self.prox(lr * sum(self.strength_at(s) for s in range(self.last + 1, step + 1)))
-            self.last = step
-            self._prox_seconds = time.perf_counter() - now
-            if self.fixed is None:
-                recent = sorted(self._step_times[-20:])
-                step_time = recent[len(recent) // 2]
-                self.every = max(1, math.ceil(self._prox_seconds / (self.overhead * max(step_time, 1e-9))))
-        self._step_clock = time.perf_counter()
-
-    def strength_at(self, step: int) -> float:
-        """λ in effect at optimizer step ``step`` (1-based)."""
-        if self.ramp_steps <= 0:
-            return self.strength
-        return self.strength * min(1.0, step / self.ramp_steps)
-
-    @torch.no_grad()
-    def prox(self, tau: float) -> None:
-        spectra = []
-        for group in self.groups:
-            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group])
-            shrunk, sigma = _threshold(stacked, tau)
-            spectra.append(sigma)
-            for view, matrix in zip(group, shrunk, strict=True):
-                view.assign(self.params[view.param], matrix)
-        self._spectra = spectra
-
-    @torch.no_grad()
-    def stats(self) -> dict[str, float]:
-        """Once per epoch: ‖W‖* and the share of rank holding 90% of the energy, as of the
-        last prox, from the singular values it left (free). Before any prox they come from
-        the eigenvalues of the stacked Gram matrices (σ² = eig(W Wᵀ)), as dear as a prox."""
-        norm = kept = full = 0.0
-        for squares in self._squares():
-            squares = squares.flip(-1)  # σ², descending
-            norm += float(squares.sqrt().sum())
-            energy = torch.cumsum(squares, -1) / squares.sum(-1, keepdim=True).clamp_min(1e-30)
-            kept += float(((energy < 0.9).sum(-1) + 1).sum())
-            full += squares.numel()
-        return {
-            "nuclear_norm": norm,
-            "regularizer": self.strength * norm,
-            "rank90_ratio": kept / max(full, 1),
-            "prox_every": float(self.every),
-        }
-
-    def _squares(self) -> list[torch.Tensor]:
-        """σ² per group, ascending: from the last prox, else computed now."""
-        if self._spectra is not None:
-            return [sigma.square() for sigma in self._spectra]
-        squares = []
-        for group in self.groups:
-            stacked = torch.stack([v.matrix(self.params[v.param].detach()) for v in group]).double()
-            wide = stacked.shape[-2] <= stacked.shape[-1]
-            gram = stacked @ stacked.transpose(-1, -2) if wide else stacked.transpose(-1, -2) @ stacked
-            squares.append(torch.linalg.eigvalsh(gram).clamp_min(0))
-        return squares
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"every": self.every, "last": self.last}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.every, self.last = int(state["every"]), int(state["last"])
-
-
-def train_nuclear(
-    model: LoadedModel,
-    training: TrainingData,
-    config: TrainConfig,
-    strength: float,
-    hooks: Hooks,
-    prox_every: int | None = None,
-    ramp: float = 0.0,
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The user's graph with weights trained under the nuclear-norm prox, and the stage's summary."""
-    trainable, views = trainable_with_views(model.proto, training.sample_shapes)
-    regularizer = NuclearProx(
-        trainable.module, views, strength, prox_every, ramp=ramp, total_steps=training.steps(config)
-    )
-    trained = run_training(trainable, training, config, "train", hooks, regularizer)
-    summary = {**stage_summary(trained), "prox_every": regularizer.every, "strength": strength, "ramp": ramp}
-    return write_back(trainable, model.proto), summary
-
-
-def compress(
-    model: LoadedModel,
-    training: TrainingData,
-    rule: RankRule,
-    config: TrainConfig,
-    strength: float,
-    finetune_epochs: int = 0,
-    hooks: Hooks | None = None,
-    prox_every: int | None = None,
-    ramp: float = 0.0,
-) -> CompressionResult:
-    """Train with the nuclear-norm prox, truncate by ``rule``, optionally fine-tune."""
-    hooks = hooks or Hooks()
-    regularized, summary = train_nuclear(model, training, config, strength, hooks, prox_every, ramp)
-    shapes, batch = analysis_shapes(regularized, training.sample_shapes)
-    result = factorize(regularized, shapes, rule, batch)
-    result.training = {"train": summary}
-    return finish(result, training, config, finetune_epochs, hooks, keep_zeros=False)
+    done = retrain(model.proto, data, config, hooks, prox)
+    every = done.regularizer.every if isinstance(done.regularizer, NuclearProx) else None
+    summary = {**done.summary, "prox_every": every, "ramp": config.strength_ramp}
+    return Weights(done.model, data.sample_shapes, factorize, summary)

@@ -1,27 +1,19 @@
-"""``prune``: training-free magnitude pruning, optionally followed by masked fine-tuning."""
+"""``prune``: training-free magnitude pruning (fine-tuning after it keeps the zeros)."""
 
 from __future__ import annotations
 
 from compressors.intake.loading import LoadedModel
-from compressors.onnx.inspection import analysis_shapes
-from compressors.onnx.ranks import RankRule
-from compressors.onnx.result import CompressionResult
+from compressors.methods.registry import Trained, Weights, register
 from compressors.onnx.sparsity import magnitude_prune
-from compressors.training.loop import TrainConfig
-from compressors.training.retrain import Hooks, TrainingData, finish
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-def compress(
-    model: LoadedModel,
-    rule: RankRule,
-    training: TrainingData | None = None,
-    config: TrainConfig | None = None,
-    finetune_epochs: int = 0,
-    hooks: Hooks | None = None,
-    sample_shapes: dict | None = None,
-) -> CompressionResult:
-    shapes, batch = analysis_shapes(model.proto, sample_shapes)
-    result = magnitude_prune(model.proto, shapes, rule, batch)
-    return finish(
-        result, training, config or TrainConfig(), finetune_epochs, hooks or Hooks(), keep_zeros=True
-    )
+@register(
+    "prune",
+    summary="training-free magnitude pruning",
+    shrinks="nonzeros",
+    rules=("energy", "target_params"),
+    default_rule={"target_params": 0.25},
+)
+def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
+    return Weights(model.proto, data.sample_shapes if data else None, magnitude_prune)

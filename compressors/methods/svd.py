@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from compressors.intake.loading import LoadedModel
-from compressors.onnx.inspection import analysis_shapes
+from compressors.methods.registry import RULES, Trained, Weights, register
 from compressors.onnx.lowrank import factorize
-from compressors.onnx.ranks import RankRule
-from compressors.onnx.result import CompressionResult
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-def compress(model: LoadedModel, rule: RankRule, sample_shapes: dict | None = None) -> CompressionResult:
-    """Factorize ``model`` by ``rule`` (energy, whole-model target or fixed ranks)."""
-    shapes, batch = analysis_shapes(model.proto, sample_shapes)
-    return factorize(model.proto, shapes, rule, batch)
+@register(
+    "svd",
+    summary="training-free truncated SVD of every eligible Gemm/MatMul/Conv",
+    shrinks="structure",
+    rules=RULES,
+    default_rule={"energy": 0.9},
+)
+def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
+    return Weights(model.proto, data.sample_shapes if data else None, factorize)

@@ -135,17 +135,8 @@ def factorize(
         after_params = layer.params if rank is None else rank * (layer.rows + layer.cols)
         after_macs = layer.macs if rank is None else rank * layer.cost_per_rank("macs")
         results.append(
-            LayerResult(
-                layer.name,
-                layer.op,
-                list(layer.weight_shape),
-                layer.full_rank,
-                rank,
-                kept,
-                layer.params,
-                after_params,
-                layer.macs,
-                after_macs,
+            LayerResult.of(
+                layer, params_after=after_params, macs_after=after_macs, rank=rank, energy_kept=kept
             )
         )
         if rank is None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import onnx
 
+from compressors.onnx.layers import Layer
+
 
 @dataclass
 class LayerResult:
@@ -24,6 +26,34 @@ class LayerResult:
     macs_after: int
     nonzeros_after: int | None = None  # unstructured sparsity: nonzeros left, MACs unchanged
     channels: tuple[int, int] | None = None  # (kept, before) output channels, group lasso
+
+    @classmethod
+    def of(
+        cls,
+        layer: Layer,
+        *,
+        params_after: int | None = None,
+        macs_after: int | None = None,
+        rank: int | None = None,
+        energy_kept: float | None = None,
+        nonzeros_after: int | None = None,
+        channels: tuple[int, int] | None = None,
+    ) -> LayerResult:
+        """The row of ``layer``; what is not given after compression is as before."""
+        return cls(
+            name=layer.name,
+            op=layer.op,
+            shape=list(layer.weight_shape),
+            full_rank=layer.full_rank,
+            rank=rank,
+            energy_kept=energy_kept,
+            params_before=layer.params,
+            params_after=layer.params if params_after is None else params_after,
+            macs_before=layer.macs,
+            macs_after=layer.macs if macs_after is None else macs_after,
+            nonzeros_after=nonzeros_after,
+            channels=channels,
+        )
 
 
 @dataclass

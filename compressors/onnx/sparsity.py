@@ -18,7 +18,7 @@ from compressors.errors import InvalidSpec
 from compressors.onnx.graph import Shape, initializers, producers
 from compressors.onnx.layers import Layer, find_layers
 from compressors.onnx.macs import count_params
-from compressors.onnx.ranks import Energy, RankRule, Target
+from compressors.onnx.ranks import Energy, RankRule, Target, truncate_to_energy
 from compressors.onnx.result import CompressionResult, LayerResult
 
 
@@ -60,29 +60,29 @@ def magnitude_prune(
             (pruned.astype(np.float64) ** 2).sum() / max((value.astype(np.float64) ** 2).sum(), 1e-30)
         )
         results.append(
-            LayerResult(
-                layer.name,
-                layer.op,
-                list(layer.weight_shape),
-                layer.full_rank,
-                None,
-                energy,
-                layer.params,
-                layer.params,
-                layer.macs,
-                layer.macs,
-                nonzeros_after=int(np.count_nonzero(pruned)),
-            )
+            LayerResult.of(layer, energy_kept=energy, nonzeros_after=int(np.count_nonzero(pruned)))
         )
     macs = sum(layer.macs for layer in everything)
     return CompressionResult(out, results, macs, macs)
 
 
+def count_nonzeros(model: onnx.ModelProto, shapes: Mapping[str, Shape], batch: int = 1) -> CompressionResult:
+    """The accounting of a model pruned elsewhere (e.g. by log α): nonzeros per eligible
+    layer, params and MACs unchanged."""
+    layers = find_layers(model, shapes, batch)
+    rows = [
+        LayerResult.of(layer, nonzeros_after=int(np.count_nonzero(numpy_helper.to_array(tensor))))
+        for layer in layers
+        if layer.eligible and (tensor := weight_tensor(model, layer)) is not None
+    ]
+    macs = sum(layer.macs for layer in layers)
+    return CompressionResult(model, rows, macs, macs)
+
+
 def _energy_threshold(value: np.ndarray, energy: float) -> float:
-    squares = np.sort((value.astype(np.float64) ** 2).ravel())[::-1]
-    cumulative = np.cumsum(squares) / max(squares.sum(), 1e-30)
-    keep = min(int(np.searchsorted(cumulative, energy - 1e-12)) + 1, len(squares))
-    return float(np.sqrt(squares[keep - 1]))
+    """The magnitude of the last weight kept when the largest ones hold ≥ ``energy`` of Σw²."""
+    magnitudes = np.sort(np.abs(value.astype(np.float64)).ravel())[::-1]
+    return float(magnitudes[truncate_to_energy(magnitudes, energy) - 1])
 
 
 def _global_thresholds(model: onnx.ModelProto, values: list[np.ndarray], ratio: float) -> list[float]:

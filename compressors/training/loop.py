@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,38 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compressors.errors import JobCancelled
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5  # passes over the training split
-    batch_size: int = 64  # samples per optimizer step
-    lr: float = 1e-3  # Adam step size; also the proximal step size (see methods)
-    seed: int = 0  # data order and any sampling noise
-    distill: bool = False  # match the original model's softened logits (forced when unlabelled)
-    temperature: float = 4.0  # softening for distillation, Hinton et al. 2015
-    distill_weight: float = 0.5  # share of the KL term when labels are used too
-    weight_decay: float = 0.0  # decoupled (AdamW); the l2 method sets it
-    lr_schedule: str = "cosine"  # lr decays to 0 over the run (prox thresholds too), or "constant"
-    device: str = "auto"  # "auto" picks CUDA when present
-
-
-@dataclass
-class TrainProgress:
-    stage: str
-    epoch: int
-    epochs: int
-    step: int
-    steps: int  # per epoch
-    loss: float
-    regularizer: float
-    eta_s: float
-    metrics: dict[str, float] = field(default_factory=dict)  # val accuracy, rank, sparsity
-
-    @property
-    def fraction(self) -> float:
-        return ((self.epoch - 1) * self.steps + self.step) / max(self.epochs * self.steps, 1)
+from compressors.errors import JobCancelled, TrainingDiverged
+from compressors.training.inputs import TrainConfig, TrainProgress
 
 
 class Regularizer(Protocol):
@@ -111,116 +81,214 @@ def train(
     """Train ``module`` in place on (x, y) and/or teacher logits.
 
     ``validation`` is (x_val, y_val, teacher_val): accuracy when labelled, else agreement
-    with the teacher. ``after_step`` runs after each optimizer step (pruning masks)."""
-    if y is None and teacher_logits is None:
-        raise ValueError("training needs labels or teacher logits")
+    with the teacher. ``after_step`` runs after each optimizer step (pruning masks). A loss
+    or a weight that stops being finite raises ``TrainingDiverged``."""
     device = pick_device(config.device)
     module.to(device).eval()
+    batches = Batches(x, y, teacher_logits, config, device)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    xs = torch.from_numpy(x)
-    ys = torch.from_numpy(y) if y is not None else None
-    ts = torch.from_numpy(teacher_logits) if teacher_logits is not None else None
-    use_kl = ts is not None and (config.distill or ys is None)
-    steps = math.ceil(len(xs) / config.batch_size)
-    history: list[dict[str, float]] = []
-    start_epoch = 1
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        if regularizer is not None:
-            regularizer.load_state_dict(state["regularizer"])
-        history = state["history"]
-        start_epoch = int(state["epoch"]) + 1
-    began = time.perf_counter()
-    done_steps = 0
-    total_steps = (config.epochs - start_epoch + 1) * steps
+    history, start_epoch = _resume(checkpoint, module, optimizer, regularizer, device)
+    meter = _Meter(stage, config.epochs, batches.steps, (config.epochs - start_epoch + 1) * batches.steps)
     for epoch in range(start_epoch, config.epochs + 1):
-        order = torch.randperm(
-            len(xs), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        )
         torch.manual_seed(config.seed * 100_003 + epoch)  # sampling noise (variational) per epoch
-        loss_sum = reg_sum = 0.0
-        for step in range(1, steps + 1):
+        sums = np.zeros(2)
+        for step, (inputs, labels, teacher) in enumerate(batches.epoch(epoch), start=1):
             if should_stop is not None and should_stop():
                 raise JobCancelled("the job was cancelled.")
-            idx = order[(step - 1) * config.batch_size : step * config.batch_size]
-            out = module(xs[idx].to(device))
-            loss = torch.zeros((), device=device)
-            if ys is not None:
-                loss = F.cross_entropy(out, ys[idx].to(device))
-            if use_kl:
-                assert ts is not None
-                kl = distillation_loss(out, ts[idx].to(device), config.temperature)
-                loss = kl if ys is None else (1 - config.distill_weight) * loss + config.distill_weight * kl
-            penalty = regularizer.penalty() if regularizer is not None else None
-            total = loss if penalty is None else loss + penalty
-            global_step = (epoch - 1) * steps + step
-            lr = learning_rate(config, global_step, config.epochs * steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            loss, penalty = batch_loss(module, inputs, labels, teacher, config, regularizer)
+            _check_finite(module, loss + penalty, epoch, step)
+            global_step = (epoch - 1) * batches.steps + step
+            lr = learning_rate(config, global_step, config.epochs * batches.steps)
+            _optimizer_step(optimizer, loss + penalty, lr)
             if regularizer is not None:
                 regularizer.after_step(global_step, lr)
             if after_step is not None:
                 after_step()
-            loss_sum += loss.item()
-            reg_sum += penalty.item() if penalty is not None else 0.0
-            done_steps += 1
-            if progress is not None:
-                elapsed = time.perf_counter() - began
-                eta = elapsed / done_steps * (total_steps - done_steps)
-                progress(
-                    TrainProgress(
-                        stage,
-                        epoch,
-                        config.epochs,
-                        step,
-                        steps,
-                        loss.item(),
-                        penalty.item() if penalty is not None else 0.0,
-                        eta,
-                    )
-                )
-        record = {"epoch": float(epoch), "loss": loss_sum / steps, "penalty": reg_sum / steps}
-        if regularizer is not None:
-            record.update(regularizer.stats())
-        if validation is not None:
-            record.update(evaluate(module, *validation, device=device))
-        history.append(record)
-        if progress is not None:
-            elapsed = time.perf_counter() - began
-            eta = elapsed / max(done_steps, 1) * (total_steps - done_steps)
-            progress(
-                TrainProgress(
-                    stage,
-                    epoch,
-                    config.epochs,
-                    steps,
-                    steps,
-                    record["loss"],
-                    record["penalty"],
-                    eta,
-                    {k: v for k, v in record.items() if k != "epoch"},
-                )
-            )
+            figures = (loss.item(), penalty.item())
+            sums += figures
+            meter.emit(progress, epoch, step, figures)
+        _check_weights(module, epoch)
+        history.append(_epoch_record(module, epoch, sums / batches.steps, regularizer, validation, device))
+        meter.emit(progress, epoch, batches.steps, history[-1])
         if checkpoint is not None:
-            _save(
-                checkpoint,
-                {
-                    "epoch": epoch,
-                    "module": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "regularizer": regularizer.state_dict() if regularizer is not None else {},
-                    "history": history,
-                    "config": asdict(config),
-                },
-            )
+            _save(checkpoint, _checkpoint_state(epoch, module, optimizer, regularizer, history, config))
     module.cpu()
-    return TrainResult(history, time.perf_counter() - began, done_steps, start_epoch - 1)
+    return TrainResult(history, meter.elapsed(), meter.done, start_epoch - 1)
+
+
+class Batches:
+    """The training split as shuffled batches: the order depends on (seed, epoch) only."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None,
+        teacher: np.ndarray | None,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        if y is None and teacher is None:
+            raise ValueError("training needs labels or teacher logits")
+        self.x = torch.from_numpy(x)
+        self.y = torch.from_numpy(y) if y is not None else None
+        # the teacher is only used when distilling, which is forced without labels
+        use_kl = teacher is not None and (config.distill or y is None)
+        self.teacher = torch.from_numpy(teacher) if use_kl and teacher is not None else None
+        self.config, self.device = config, device
+        self.steps = math.ceil(len(self.x) / config.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        size = self.config.batch_size
+        order = torch.randperm(
+            len(self.x), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        )
+        for start in range(0, len(self.x), size):
+            idx = order[start : start + size]
+            yield (
+                self.x[idx].to(self.device),
+                None if self.y is None else self.y[idx].to(self.device),
+                None if self.teacher is None else self.teacher[idx].to(self.device),
+            )
+
+
+def batch_loss(
+    module: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor | None,
+    teacher: torch.Tensor | None,
+    config: TrainConfig,
+    regularizer: Regularizer | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(data loss, regularizer penalty) of one batch: cross-entropy on labels, the
+    distillation KL on teacher logits, or their mix weighted by ``distill_weight``."""
+    out = module(inputs)
+    loss = torch.zeros((), device=out.device)
+    if labels is not None:
+        loss = F.cross_entropy(out, labels)
+    if teacher is not None:
+        kl = distillation_loss(out, teacher, config.temperature)
+        loss = kl if labels is None else (1 - config.distill_weight) * loss + config.distill_weight * kl
+    penalty = regularizer.penalty() if regularizer is not None else None
+    return loss, torch.zeros((), device=out.device) if penalty is None else penalty
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+
+
+def _check_finite(module: torch.nn.Module, total: torch.Tensor, epoch: int, step: int) -> None:
+    if bool(torch.isfinite(total)):
+        return
+    broken = _non_finite_weights(module)
+    cause = (
+        f"weights {', '.join(broken[:3])} went non-finite" if broken else f"the loss became {total.item()}"
+    )
+    raise TrainingDiverged(
+        f"training diverged: {cause} at epoch {epoch}, step {step}; lower lr or strength and try again."
+    )
+
+
+def _check_weights(module: torch.nn.Module, epoch: int) -> None:
+    broken = _non_finite_weights(module)
+    if broken:
+        raise TrainingDiverged(
+            f"training diverged: weights {', '.join(broken[:3])} went non-finite in epoch {epoch}; "
+            "lower lr or strength and try again."
+        )
+
+
+@torch.no_grad()
+def _non_finite_weights(module: torch.nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def _epoch_record(
+    module: torch.nn.Module,
+    epoch: int,
+    means: np.ndarray,
+    regularizer: Regularizer | None,
+    validation: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None,
+    device: torch.device,
+) -> dict[str, float]:
+    record = {"epoch": float(epoch), "loss": float(means[0]), "penalty": float(means[1])}
+    if regularizer is not None:
+        record.update(regularizer.stats())
+    if validation is not None:
+        record.update(evaluate(module, *validation, device=device))
+    return record
+
+
+class _Meter:
+    """Counts steps and times them, and is the one place that builds ``TrainProgress``."""
+
+    def __init__(self, stage: str, epochs: int, steps: int, total_steps: int) -> None:
+        self.stage, self.epochs, self.steps, self.total = stage, epochs, steps, total_steps
+        self.began = time.perf_counter()
+        self.done = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    def emit(
+        self,
+        progress: Callable[[TrainProgress], None] | None,
+        epoch: int,
+        step: int,
+        figures: tuple[float, float] | dict[str, float],
+    ) -> None:
+        """After a step (figures: that batch's loss and penalty) or an epoch (its record)."""
+        if isinstance(figures, dict):
+            loss, penalty = figures["loss"], figures["penalty"]
+            extra = {k: v for k, v in figures.items() if k != "epoch"}
+        else:
+            self.done += 1
+            loss, penalty = figures
+            extra = {}
+        if progress is None:
+            return
+        eta = self.elapsed() / max(self.done, 1) * (self.total - self.done)
+        progress(TrainProgress(self.stage, epoch, self.epochs, step, self.steps, loss, penalty, eta, extra))
+
+
+def _resume(
+    checkpoint: Path | None,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    regularizer: Regularizer | None,
+    device: torch.device,
+) -> tuple[list[dict[str, float]], int]:
+    """(history so far, first epoch to run): from the checkpoint when there is one."""
+    if checkpoint is None or not checkpoint.exists():
+        return [], 1
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    if regularizer is not None:
+        regularizer.load_state_dict(state["regularizer"])
+    return state["history"], int(state["epoch"]) + 1
+
+
+def _checkpoint_state(
+    epoch: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    regularizer: Regularizer | None,
+    history: list[dict[str, float]],
+    config: TrainConfig,
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "regularizer": regularizer.state_dict() if regularizer is not None else {},
+        "history": history,
+        "config": asdict(config),
+    }
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:

@@ -1,63 +1,21 @@
-"""The steps retraining methods share: teacher logits, ONNX → torch → train → ONNX, masks.
-
-The original model's logits (computed once with onnxruntime) are the teacher for
-distillation, and the only target when the dataset has no labels.
-"""
+"""The steps retraining methods share: ONNX → torch → train under a regularizer → ONNX,
+fine-tuning a compressed model (holding its zeros when it is sparse)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
-from compressors.errors import InvalidSpec
-from compressors.intake.datasets import Dataset
-from compressors.onnx import metrics
 from compressors.onnx.inspection import analysis_shapes
 from compressors.onnx.layers import find_layers
-from compressors.onnx.result import CompressionResult
 from compressors.training.convert import TrainableModel, to_torch, write_back
-from compressors.training.loop import Regularizer, TrainConfig, TrainProgress, TrainResult, train
+from compressors.training.inputs import Hooks, TrainConfig, TrainingData
+from compressors.training.loop import Regularizer, TrainResult, train
 from compressors.training.views import WeightView, weight_views
-
-
-@dataclass
-class Hooks:
-    """How a method talks to whoever runs it."""
-
-    progress: Callable[[TrainProgress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    checkpoint_dir: Path | None = None  # per-stage checkpoints live here; resumed when present
-
-
-@dataclass
-class TrainingData:
-    data: Dataset
-    teacher: np.ndarray  # original model's logits on data.x
-    teacher_val: np.ndarray  # and on data.x_val
-    sample_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, model: onnx.ModelProto, data: Dataset | None, input_name: str) -> TrainingData:
-        if data is None:
-            raise InvalidSpec("retraining methods need data: give --data digits or an .npz with x (and y).")
-        session = metrics.session(model, threads=2)
-        return cls(
-            data,
-            metrics.predict(session, data.x),
-            metrics.predict(session, data.x_val),
-            {input_name: data.sample_shape},
-        )
-
-    def steps(self, config: TrainConfig) -> int:
-        """Optimizer steps in ``config.epochs`` passes over the training split."""
-        return config.epochs * math.ceil(len(self.data.x) / config.batch_size)
 
 
 def trainable_with_views(
@@ -66,6 +24,33 @@ def trainable_with_views(
     trainable = to_torch(model)
     shapes, batch = analysis_shapes(model, sample_shapes)
     return trainable, weight_views(trainable, model, find_layers(model, shapes, batch))
+
+
+@dataclass
+class Retrained:
+    """The user's graph holding the weights training left, and what training did."""
+
+    model: onnx.ModelProto
+    summary: dict[str, Any]
+    trainable: TrainableModel
+    views: list[WeightView]
+    regularizer: Regularizer | None
+
+
+def retrain(
+    model: onnx.ModelProto,
+    training: TrainingData,
+    config: TrainConfig,
+    hooks: Hooks,
+    regularizer: Callable[[TrainableModel, list[WeightView]], Regularizer | None],
+) -> Retrained:
+    """Convert ``model``, train it under the regularizer built for its weight views, write
+    the weights back. The summary records the strength (``config.strength``)."""
+    trainable, views = trainable_with_views(model, training.sample_shapes)
+    penalty = regularizer(trainable, views)
+    trained = run_training(trainable, training, config, "train", hooks, penalty)
+    summary = {**stage_summary(trained), "strength": config.strength}
+    return Retrained(write_back(trainable, model), summary, trainable, views, penalty)
 
 
 def run_training(
@@ -121,25 +106,9 @@ def finetune(
     """Fine-tune a compressed ONNX model (optionally holding its zeros) and return it."""
     trainable, views = trainable_with_views(model, training.sample_shapes)
     hook = zero_masks(trainable, views) if keep_zeros else None
-    tuned = TrainConfig(**{**config.__dict__, "epochs": epochs, "weight_decay": 0.0})
+    tuned = replace(config, epochs=epochs, weight_decay=0.0)
     result = run_training(trainable, training, tuned, "finetune", hooks, after_step=hook)
     return write_back(trainable, model), stage_summary(result)
-
-
-def finish(
-    result: CompressionResult,
-    training: TrainingData | None,
-    config: TrainConfig,
-    epochs: int,
-    hooks: Hooks,
-    keep_zeros: bool,
-) -> CompressionResult:
-    """Every method's last step: fine-tune the compressed model when asked (and data allows)."""
-    if epochs > 0 and training is not None:
-        result.model, result.training["finetune"] = finetune(
-            result.model, training, config, epochs, hooks, keep_zeros
-        )
-    return result
 
 
 def stage_summary(result: TrainResult) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES
+from compressors import HOLDOUT, MAX_DATASET_BYTES, DatasetRejected
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredDataset
 from service.problems import Problem
@@ -61,8 +61,6 @@ def record(dataset: StoredDataset) -> DatasetRecord:
 
 def describe_npz(path: Path) -> dict[str, Any]:
     """Check a .npz without unpickling and say what it holds; shape fit is checked per job."""
-    from compressors.errors import DatasetRejected
-
     try:
         with zipfile.ZipFile(path) as archive:
             if sum(i.file_size for i in archive.infolist()) > MAX_DATASET_BYTES:

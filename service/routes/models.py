@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from compressors.intake.loading import Limits, load_model
+from compressors import Limits, inspect_model, load_model
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredModel
 from service.problems import Problem
@@ -53,12 +53,9 @@ def record(model: StoredModel) -> ModelRecord:
 
 
 def _inspect(path: Path, limits: Limits) -> dict:
-    from compressors.training.convert import check_retrainable
-
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         loaded = load_model(path, Path(tmp), limits)
-        info = loaded.info
-        info.retrainable, info.retrainable_reason = check_retrainable(loaded.proto)
+        info = inspect_model(loaded)
         return {**info.to_dict(), "sha256": loaded.sha256, "file_bytes": loaded.file_bytes}
 
 
