@@ -27,6 +27,7 @@ lint: install
 	$(BIN)/ruff format --check compressors service clients tests bench examples
 	$(BIN)/mypy
 	cd clients/python && ../../$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python tests/services.py

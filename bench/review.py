@@ -6,7 +6,7 @@
 Two models are trained here (seeded) and exported the way users export theirs: the MLP
 64-512-512-10 and a small CNN (examples.digits). For each model, method, strength and
 seed, the model is trained once with the method's regularizer and then truncated or
-pruned at every target (``compressors.sweep``); each point is evaluated on the held-out
+pruned at every target (``compressors.curves``); each point is evaluated on the held-out
 20% of digits. Writes bench/results/review.json (SPEC schema; every point also names its
 model), docs/review.md (per method the largest params and MACs reduction at <= 1% accuracy
 drop, mean ± std over seeds, and the with/without-regularizer ablation) and docs/review.png.
@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from compressors.curves import Curve, SweepSpec, plot_curve, sweep  # noqa: E402
 from compressors.intake.datasets import load_dataset  # noqa: E402
 from compressors.intake.loading import load_model  # noqa: E402
 from compressors.methods import get  # noqa: E402
@@ -38,7 +39,6 @@ from compressors.onnx import metrics  # noqa: E402
 from compressors.onnx.inspection import analysis_shapes  # noqa: E402
 from compressors.onnx.lowrank import factorize  # noqa: E402
 from compressors.onnx.ranks import Energy  # noqa: E402
-from compressors.sweep import Curve, SweepSpec, plot_curve, sweep  # noqa: E402
 from compressors.training.loop import TrainConfig  # noqa: E402
 from compressors.training.retrain import Hooks, TrainingData  # noqa: E402
 from examples import digits  # noqa: E402

@@ -16,6 +16,7 @@ Nothing here imports torch: a retraining method loads it when it trains, and
 from __future__ import annotations
 
 from compressors.api import inspect_model
+from compressors.curves import DEFAULT_TARGETS, Curve, Point, SweepSpec, sweep, write_curve
 from compressors.errors import (
     DatasetRejected,
     InvalidSpec,
@@ -35,7 +36,6 @@ from compressors.onnx.inspection import ModelInfo
 from compressors.onnx.ranks import Energy, RankRule, Target
 from compressors.pipeline import Compressed, Evaluation, Progress, Stages, compress
 from compressors.report import SCHEMA_VERSION, Report, library_versions, summary_rows
-from compressors.sweep import DEFAULT_TARGETS, Curve, Point, SweepSpec, sweep, write_curve
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData, TrainProgress
 
 __all__ = [

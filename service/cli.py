@@ -32,8 +32,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compressors import METHODS
-
     parser = _Parser(prog="modelpress", description="Compress ONNX models with an honest report.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -41,7 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", type=Path, help=".onnx file or .zip bundle")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
-    compress = sub.add_parser("compress", help="compress one model in-process, no server")
+    _add_compress(sub.add_parser("compress", help="compress one model in-process, no server"))
+    _add_sweep(sub.add_parser("sweep", help="accuracy-versus-compression curves for several methods"))
+    serve = sub.add_parser("serve", help="the API and local workers (embedded mode)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, help="local job worker processes (default MODELPRESS_WORKERS)")
+    sub.add_parser("worker", help="a Celery worker (distributed mode)")
+    key = sub.add_parser("create-key", help="create an API key for a tenant; prints it last")
+    key.add_argument("--tenant", required=True)
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    return parser
+
+
+def _add_compress(compress: argparse.ArgumentParser) -> None:
+    from compressors import METHODS
+
     compress.add_argument("model", type=Path, help=".onnx file or .zip bundle")
     compress.add_argument("--method", default="svd", choices=list(METHODS))
     rank = compress.add_mutually_exclusive_group()
@@ -65,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--distill", action="store_true", help="distill from the original model")
     compress.add_argument("--seed", type=int, help="seed for data order and sampling")
     compress.add_argument("--json", action="store_true", help="print the report as JSON")
-    sweep = sub.add_parser("sweep", help="accuracy-versus-compression curves for several methods")
+
+
+def _add_sweep(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("model", type=Path, help=".onnx file or .zip bundle")
     sweep.add_argument("--data", required=True, help="'digits' or an .npz with x (and y)")
     sweep.add_argument("--methods", default="svd,l2,nuclear", help="comma-separated methods")
@@ -91,15 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
     sweep.add_argument("--latency", action="store_true", help="measure batch-1 latency of every point")
     sweep.add_argument("-o", "--output", type=Path, required=True, help="folder for curve.csv/json/png")
-    serve = sub.add_parser("serve", help="the API and local workers (embedded mode)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, help="local job worker processes (default MODELPRESS_WORKERS)")
-    sub.add_parser("worker", help="a Celery worker (distributed mode)")
-    key = sub.add_parser("create-key", help="create an API key for a tenant; prints it last")
-    key.add_argument("--tenant", required=True)
-    sub.add_parser("migrate", help="bring the database schema up to date")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,17 +229,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from compressors import (
-        DEFAULT_TARGETS,
-        METHODS,
-        SweepSpec,
-        TrainConfig,
-        TrainingData,
-        load_dataset,
-        load_model,
-        sweep,
-        write_curve,
-    )
+    from compressors import METHODS, TrainingData, load_dataset, load_model, sweep, write_curve
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -243,20 +239,7 @@ def _sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    strengths: dict[str, Sequence[float]] = {}
-    for item in args.strengths:
-        method, _, values = item.partition("=")
-        strengths[method.strip()] = _floats(values, f"--strengths {method}")
-    spec = SweepSpec(
-        methods,
-        tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS,
-        strengths,
-        [int(s) for s in _floats(args.seeds, "--seeds")],
-        TrainConfig(epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule),
-        args.finetune_epochs,
-        args.latency,
-        ramp=args.strength_ramp,
-    )
+    spec = _sweep_spec(args, methods)
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
@@ -273,6 +256,33 @@ def _sweep(args: argparse.Namespace) -> int:
             ),
         )
     paths = write_curve(curve, args.output, f"{args.model.name} on {args.data}")
+    _print_best(curve, methods)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return EXIT_OK
+
+
+def _sweep_spec(args: argparse.Namespace, methods: list[str]):  # type: ignore[no-untyped-def]
+    from compressors import DEFAULT_TARGETS, SweepSpec, TrainConfig
+
+    strengths: dict[str, Sequence[float]] = {}
+    for item in args.strengths:
+        method, _, values = item.partition("=")
+        strengths[method.strip()] = _floats(values, f"--strengths {method}")
+    return SweepSpec(
+        methods,
+        tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS,
+        strengths,
+        [int(s) for s in _floats(args.seeds, "--seeds")],
+        TrainConfig(epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule),
+        args.finetune_epochs,
+        args.latency,
+        ramp=args.strength_ramp,
+    )
+
+
+def _print_best(curve, methods: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Per method, the largest reductions that stay within 1 point of the original."""
     table = Table(
         "method",
         "largest params reduction",
@@ -287,45 +297,39 @@ def _sweep(args: argparse.Namespace) -> int:
             f"{1 / min(p.macs_ratio for p in ok):.2f}x" if ok else "none",
         )
     Console().print(table)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return EXIT_OK
+
+
+RANK_FLAGS = ("energy", "target_macs", "target_params")
+TRAINING_FLAGS = (
+    "epochs",
+    "finetune_epochs",
+    "strength",
+    "lr",
+    "lr_schedule",
+    "strength_ramp",
+    "batch_size",
+    "seed",
+)
 
 
 def spec_from_args(args: argparse.Namespace) -> dict:
     """The job spec (as the API takes it) from command-line flags; unset flags keep defaults."""
     spec: dict = {"method": args.method}
-    rank = {
-        k: v
-        for k, v in (
-            ("energy", args.energy),
-            ("target_macs", args.target_macs),
-            ("target_params", args.target_params),
-        )
-        if v is not None
-    }
+    rank = _given(args, RANK_FLAGS)
     if rank:
         spec["rank"] = rank
-    training = {
-        k: v
-        for k, v in (
-            ("epochs", args.epochs),
-            ("finetune_epochs", args.finetune_epochs),
-            ("strength", args.strength),
-            ("lr", args.lr),
-            ("lr_schedule", args.lr_schedule),
-            ("strength_ramp", args.strength_ramp),
-            ("batch_size", args.batch_size),
-            ("seed", args.seed),
-        )
-        if v is not None
-    }
+    training = _given(args, TRAINING_FLAGS)
     if args.distill:
         training["distill"] = True
     if training:
         spec["training"] = training
     spec["evaluation"] = {"latency": not args.no_latency, "threads": args.threads}
     return spec
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
+    """The flags among ``names`` that were set, by their spec field name."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 class _NoBar:

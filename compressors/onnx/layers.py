@@ -105,19 +105,11 @@ def _describe(
     value = constant_array(weight, inits, made_by)
     if value is None or value.dtype != np.float32:
         return refuse("only float32 weights are factorized")
+    matrix = _matrix_shape(node, value)
+    if isinstance(matrix, str):
+        return refuse(matrix)
+    rows, cols = matrix
     w_shape = value.shape
-    if op == "Conv":
-        group = int(attribute(node, "group", 1))
-        if group != 1 or len(w_shape) < 3:
-            return refuse(f"grouped/depthwise convolution (group={group}) is left alone")
-        rows, cols = int(w_shape[0]), int(np.prod(w_shape[1:]))
-    else:
-        if value.ndim != 2:
-            return refuse("its weight is not a 2-D matrix")
-        if op == "Gemm" and attribute(node, "transB", 0):
-            rows, cols = int(w_shape[1]), int(w_shape[0])
-        else:
-            rows, cols = int(w_shape[0]), int(w_shape[1])
     params = rows * cols
     if macs <= 0:
         return refuse("its input shape could not be determined", rows, cols)
@@ -133,6 +125,20 @@ def _describe(
         applications=applications,
         eligible=True,
     )
+
+
+def _matrix_shape(node: onnx.NodeProto, value: np.ndarray) -> tuple[int, int] | str:
+    """(rows, cols) of the matrix the layer multiplies by, or why it has none we factorize."""
+    if node.op_type == "Conv":
+        group = int(attribute(node, "group", 1))
+        if group != 1 or value.ndim < 3:
+            return f"grouped/depthwise convolution (group={group}) is left alone"
+        return int(value.shape[0]), int(np.prod(value.shape[1:]))
+    if value.ndim != 2:
+        return "its weight is not a 2-D matrix"
+    if node.op_type == "Gemm" and attribute(node, "transB", 0):
+        return int(value.shape[1]), int(value.shape[0])
+    return int(value.shape[0]), int(value.shape[1])
 
 
 def _is_const(

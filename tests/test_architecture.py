@@ -1,0 +1,102 @@
+"""The structure the README and docs/adr/0004 promise: short functions, a torch-free path for
+inspection and training-free methods, one front door, one registry."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import compressors
+from compressors.methods import METHODS
+from service.spec import parse_spec
+from tests.conftest import ROOT
+
+LONGEST = 60  # lines, decorators and docstring included
+
+
+def long_functions(folder: Path) -> list[str]:
+    """``file:line name (n lines)`` for every function in ``folder`` longer than LONGEST."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - start + 1
+                if length > LONGEST:
+                    found.append(f"{path.relative_to(folder)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_the_library_or_the_service_is_longer_than_60_lines() -> None:
+    assert long_functions(ROOT / "compressors") + long_functions(ROOT / "service") == []
+
+
+def test_the_length_check_finds_a_long_function(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\nasync def long():\n{body}\n")
+    assert long_functions(tmp_path) == [f"m.py:5 long ({LONGEST + 1} lines)"]
+
+
+NO_TORCH = """
+import sys
+from service.cli import main
+code = main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx2torch", "torchvision"))
+print("exit", code, "torch-modules", len(loaded), loaded[:3])
+"""
+
+
+def test_compressing_with_svd_never_imports_torch(digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    """``modelpress compress --method svd`` runs without torch; fine-tuning loads it."""
+    svd = ["compress", str(digits_mlp_onnx), "--method", "svd", "--data", "digits", "--no-latency"]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *svd, "-o", str(tmp_path / "small.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert "exit 0 torch-modules 0 []" in done.stdout, done.stdout + done.stderr
+    # the same probe sees torch when a method needs it
+    prune_tuned = [*svd[:3], "prune", *svd[4:], "--finetune-epochs", "1"]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *prune_tuned, "-o", str(tmp_path / "tuned.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert "exit 0 torch-modules 0" not in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_front_door_lists_only_what_resolves() -> None:
+    assert all(hasattr(compressors, name) for name in compressors.__all__)
+    for name in (
+        "load_model",
+        "load_dataset",
+        "inspect_model",
+        "compress",
+        "sweep",
+        "Report",
+        "ModelpressError",
+    ):
+        assert name in compressors.__all__
+
+
+def test_every_registered_method_is_a_job_spec_and_an_openapi_enum_member() -> None:
+    schema = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"]
+    jobs = {
+        s["properties"]["method"]["const"]: s for s in schema.values() if "method" in s.get("properties", {})
+    }
+    assert set(jobs) == set(METHODS)
+    assert schema["SweepCreate"]["properties"]["methods"]["items"]["enum"] == list(METHODS)
+    for name, method in METHODS.items():
+        assert jobs[name]["x-shrinks"] == method.shrinks
+        spec = parse_spec({"method": name})
+        assert (
+            spec.rank is None if method.default_rule is None else spec.rank.as_dict() == method.default_rule
+        )
