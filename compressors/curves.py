@@ -193,23 +193,8 @@ def plot_curve(curve: Curve, path: Path, title: str = "") -> None:
             )
             xs = [getattr(p, axis) for p in mine.points]
             ax.scatter(xs, [p.accuracy for p in mine.points], s=12, alpha=0.35, color=colors[method])
-            front = mine.pareto(axis)
-            ax.plot(
-                [getattr(p, axis) for p in front],
-                [p.accuracy for p in front],
-                "-o",
-                ms=3,
-                color=colors[method],
-                label=method,
-            )
-        overall = curve.pareto(axis)
-        ax.plot(
-            [getattr(p, axis) for p in overall],
-            [p.accuracy for p in overall],
-            "k--",
-            lw=1,
-            label="Pareto front (all)",
-        )
+            _line(ax, mine.pareto(axis), axis, "-o", ms=3, color=colors[method], label=method)
+        _line(ax, curve.pareto(axis), axis, "k--", lw=1, label="Pareto front (all)")
         ax.axhline(curve.baseline_accuracy, color="grey", lw=0.8, ls=":")
         ax.axhline(curve.baseline_accuracy - 0.01, color="red", lw=0.8, ls=":", label="1% below original")
         ax.set_xscale("log")
@@ -223,3 +208,7 @@ def plot_curve(curve: Curve, path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _line(ax: Any, points: list[Point], axis: str, style: str, **options: Any) -> None:
+    ax.plot([getattr(p, axis) for p in points], [p.accuracy for p in points], style, **options)

@@ -6,58 +6,55 @@ one line on stderr and exits 2. Messages say what was wrong and what to do next.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ModelpressError(Exception):
-    """Base class: ``kind`` is a stable slug, the message is one sentence for a person."""
+    """Base class: ``kind`` is a stable slug, the message is one sentence for a person.
+    A subclass names its kind in its bases: ``class X(ModelpressError, kind="x")``."""
 
     kind = "modelpress-error"
+
+    def __init_subclass__(cls, kind: str = "", **options: Any) -> None:
+        super().__init_subclass__(**options)
+        cls.kind = kind or cls.kind
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class ModelRejected(ModelpressError):
+class ModelRejected(ModelpressError, kind="model-rejected"):
     """The model file is unreadable, unsafe, or not a model we can work on."""
 
-    kind = "model-rejected"
+
+class ModelTooLarge(ModelRejected, kind="model-too-large"):
+    """The file, an archive member, a declared tensor or the parse is over its limit."""
 
 
-class ModelTooLarge(ModelRejected):
-    kind = "model-too-large"
+class UnsafeArchive(ModelRejected, kind="unsafe-archive"):
+    """A .zip bundle with links, paths outside itself, encryption or a bomb's ratios."""
 
 
-class UnsafeArchive(ModelRejected):
-    kind = "unsafe-archive"
+class UnsafeExternalData(ModelRejected, kind="unsafe-external-data"):
+    """External data that is missing, a link, or outside the model's folder."""
 
 
-class UnsafeExternalData(ModelRejected):
-    kind = "unsafe-external-data"
-
-
-class DatasetRejected(ModelpressError):
+class DatasetRejected(ModelpressError, kind="dataset-rejected"):
     """The dataset does not fit the model (shape, dtype, labels) or is not a plain .npz."""
 
-    kind = "dataset-rejected"
 
-
-class InvalidSpec(ModelpressError):
+class InvalidSpec(ModelpressError, kind="invalid-spec"):
     """The compression request cannot be satisfied as asked (e.g. an unreachable target)."""
 
-    kind = "invalid-spec"
 
-
-class NotRetrainable(ModelpressError):
+class NotRetrainable(ModelpressError, kind="not-retrainable"):
     """The graph cannot be turned into a trainable module."""
 
-    kind = "not-retrainable"
+
+class JobCancelled(ModelpressError, kind="job-cancelled"):
+    """The job was cancelled while it ran."""
 
 
-class JobCancelled(ModelpressError):
-    kind = "job-cancelled"
-
-
-class TrainingDiverged(ModelpressError):
+class TrainingDiverged(ModelpressError, kind="training-diverged"):
     """A loss or a weight stopped being finite while training."""
-
-    kind = "training-diverged"

@@ -1,4 +1,4 @@
-"""``group_lasso``: fine-tune with λ Σ_g ‖W_g‖₂ over output neurons/filters, then remove them.
+"""``group_lasso``: trains with λ·Σ‖W_g‖ over output neurons/filters, then removes them.
 
 Groups are the rows of each layer's out × in matrix (a conv filter, a neuron's weights)
 together with the layer's bias entry when torch keeps one, and the channel's scale and shift
@@ -154,15 +154,7 @@ def _accounting(
     )
 
 
-@register(
-    "group_lasso",
-    summary="trains with λ·Σ‖W_g‖ over output neurons/filters, then removes them",
-    shrinks="structure",
-    rules=RULES,
-    default_rule={"energy": 0.9},
-    strength=1.0,
-    sweep_strengths=(0.3, 1.0, 3.0),
-)
+@register("group_lasso", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0))
 def train(
     model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks
 ) -> TrainedGroupLasso:

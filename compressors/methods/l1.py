@@ -1,4 +1,4 @@
-"""``l1``: fine-tune with λ Σ|w| by proximal soft-thresholding, then magnitude-prune.
+"""``l1``: trains with λ·Σ|w| by soft-thresholding, then magnitude-prunes.
 
 After each optimizer step w ← sign(w)·max(|w| − lr·λ, 0) (the prox of the l1 norm,
 ``compressors.training.prox.L1Prox``), which drives weights to exact zeros; pruning then
@@ -12,16 +12,10 @@ from compressors.methods.registry import Trained, Weights, register
 from compressors.onnx.sparsity import magnitude_prune
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
+SPARSE_RULES = ("energy", "target_params")
 
-@register(
-    "l1",
-    summary="trains with λ·Σ|w| by soft-thresholding, then magnitude-prunes",
-    shrinks="nonzeros",
-    rules=("energy", "target_params"),
-    default_rule={"target_params": 0.25},
-    strength=1.0,
-    sweep_strengths=(0.3, 1.0, 3.0),
-)
+
+@register("l1", "nonzeros", SPARSE_RULES, {"target_params": 0.25}, strength=1.0, sweep=(0.3, 1.0, 3.0))
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.prox import L1Prox
     from compressors.training.retrain import retrain

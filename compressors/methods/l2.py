@@ -1,4 +1,6 @@
-"""``l2``: fine-tune with weight decay, then truncate — the baseline the paper omitted.
+"""``l2``: trains with weight decay (AdamW, coefficient λ), then truncates.
+
+The baseline the paper omitted.
 
 Decoupled weight decay (AdamW, Loshchilov & Hutter 2019) with coefficient ``strength`` on
 every trainable weight; then the same truncation as ``nuclear`` and ``svd``.
@@ -14,15 +16,7 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register(
-    "l2",
-    summary="trains with weight decay (AdamW, coefficient λ), then truncates",
-    shrinks="structure",
-    rules=RULES,
-    default_rule={"energy": 0.9},
-    strength=0.01,
-    sweep_strengths=(1e-3, 1e-2, 1e-1),
-)
+@register("l2", "structure", RULES, {"energy": 0.9}, strength=0.01, sweep=(1e-3, 1e-2, 1e-1))
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.retrain import retrain
 

@@ -1,4 +1,6 @@
-"""``nuclear``: compression-aware training (Alvarez & Salzmann, NeurIPS 2017), then truncation.
+"""``nuclear``: trains with λ·Σ‖W‖* by proximal singular-value thresholding, then truncates.
+
+Compression-aware training (Alvarez & Salzmann, NeurIPS 2017).
 
 Objective: L(W) + λ Σ_l ‖W_l‖*, W_l the out × in matrix of layer l (conv kernels reshaped
 to Cout × Cin·kh·kw), optimized by proximal singular-value thresholding after each
@@ -14,15 +16,7 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register(
-    "nuclear",
-    summary="trains with λ·Σ‖W‖* by proximal singular-value thresholding, then truncates",
-    shrinks="structure",
-    rules=RULES,
-    default_rule={"energy": 0.9},
-    strength=1.0,
-    sweep_strengths=(0.3, 1.0, 3.0),
-)
+@register("nuclear", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0))
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.prox import NuclearProx
     from compressors.training.retrain import retrain

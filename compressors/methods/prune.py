@@ -1,4 +1,7 @@
-"""``prune``: training-free magnitude pruning (fine-tuning after it keeps the zeros)."""
+"""``prune``: training-free magnitude pruning.
+
+Fine-tuning after it keeps the zeros at zero (``compressors.onnx.sparsity``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,6 @@ from compressors.onnx.sparsity import magnitude_prune
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register(
-    "prune",
-    summary="training-free magnitude pruning",
-    shrinks="nonzeros",
-    rules=("energy", "target_params"),
-    default_rule={"target_params": 0.25},
-)
+@register("prune", "nonzeros", ("energy", "target_params"), {"target_params": 0.25})
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     return Weights(model.proto, data.sample_shapes if data else None, magnitude_prune)

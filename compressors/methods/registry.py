@@ -10,6 +10,7 @@ imports the training machinery inside its ``train``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -100,21 +101,23 @@ METHODS: dict[str, Method] = {}
 
 def register(
     name: str,
-    *,
-    summary: str,
     shrinks: Shrinks,
     rules: tuple[str, ...],
     default_rule: Mapping[str, float] | None,
+    *,
     strength: float | None = None,
-    sweep_strengths: tuple[float, ...] = (),
+    sweep: tuple[float, ...] = (),
 ) -> Callable[[TrainFunction], TrainFunction]:
-    """Register the decorated ``train`` function as method ``name`` with its facts."""
+    """Register the decorated ``train`` function as method ``name`` with its facts (see
+    ``Method``). Its summary is the first line of its module's docstring, after the name."""
     unknown = set(rules) - set(RULES)
     if unknown or name in METHODS:
         raise ValueError(f"method {name!r}: unknown rules {sorted(unknown)} or registered twice")
 
     def add(train: TrainFunction) -> TrainFunction:
-        METHODS[name] = Method(name, summary, shrinks, rules, default_rule, strength, sweep_strengths, train)
+        doc = (sys.modules[train.__module__].__doc__ or name).strip().splitlines()[0]
+        summary = doc.removeprefix(f"``{name}``: ").rstrip(".")
+        METHODS[name] = Method(name, summary, shrinks, rules, default_rule, strength, sweep, train)
         return train
 
     return add

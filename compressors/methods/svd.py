@@ -1,4 +1,7 @@
-"""``svd``: training-free truncated SVD of every eligible Gemm/MatMul/Conv layer."""
+"""``svd``: training-free truncated SVD of every eligible Gemm/MatMul/Conv.
+
+A layer is factorized only when that lowers its cost (``compressors.onnx.lowrank``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,6 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register(
-    "svd",
-    summary="training-free truncated SVD of every eligible Gemm/MatMul/Conv",
-    shrinks="structure",
-    rules=RULES,
-    default_rule={"energy": 0.9},
-)
+@register("svd", "structure", RULES, {"energy": 0.9})
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     return Weights(model.proto, data.sample_shapes if data else None, factorize)

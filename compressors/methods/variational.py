@@ -1,7 +1,10 @@
-"""``variational``: sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017), the
+"""``variational``: sparse variational dropout (log α per weight), prunes log α > 3.
+
+Sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2017) is the
 practical modern form of the description-length view of Graves (2011). Weights with
 log α > 3 are pruned, or those with the largest log α until a nonzeros target is met
-(``compressors.training.variational``)."""
+(``compressors.training.variational``).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,7 @@ from compressors.methods.registry import Trained, register
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register(
-    "variational",
-    summary="sparse variational dropout (log α per weight), prunes log α > 3",
-    shrinks="nonzeros",
-    rules=("target_params",),
-    default_rule=None,
-    strength=0.1,
-    sweep_strengths=(0.03, 0.1, 0.3),
-)
+@register("variational", "nonzeros", ("target_params",), None, strength=0.1, sweep=(0.03, 0.1, 0.3))
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.variational import train_variational
 

@@ -11,14 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from compressors.onnx.graph import (
-    Shape,
-    attribute,
-    constant_array,
-    initializers,
-    node_label,
-    producers,
-)
+from compressors.onnx.graph import Shape, attribute, constant_array, initializers, node_label, producers
 from compressors.onnx.macs import node_macs
 
 
