@@ -79,7 +79,11 @@ def test_every_method_on_a_bundled_dynamo_export(
     assert (after["accuracy"] is not None) == labelled
     if labelled:  # trained on 80% of digits: scored on the held-out 20% only
         assert report["dataset"]["evaluated_samples"] == 359
-    assert after["fidelity"]["top1_agreement"] > 0.3
+    # one epoch of training and one of fine-tuning at these targets keeps the model's decisions
+    # (0.98-1.0 agreement measured): a method that breaks the model fails here
+    assert after["fidelity"]["top1_agreement"] > 0.9
+    if labelled:
+        assert after["accuracy"]["top1"] >= before["accuracy"]["top1"] - 0.05
     if method != "svd" or labelled:
         assert report["training"]["stages"]["finetune"]["steps"] > 0
     model = onnx.load(str(out))

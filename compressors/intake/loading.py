@@ -42,7 +42,7 @@ class Limits:
     max_compression_ratio: float = 200.0  # per member; real weights compress ~1.1x
     max_tensor_elements: int = 1 << 30  # one declared tensor (4 GiB of float32)
     max_total_elements: int = 2 << 30  # all declared tensors together
-    sandbox_memory_bytes: int = 8 * GiB  # address-space cap of the parsing child
+    sandbox_memory_bytes: int = 8 * GiB  # address space the parse may add to the child's start-up
     sandbox_seconds: float = 300.0
 
 
@@ -159,9 +159,7 @@ def validate_in_sandbox(onnx_path: Path, limits: Limits = Limits()) -> ModelInfo
     crafted graph costs at most a dead child, reported as a refusal."""
     request = json.dumps({"path": str(onnx_path), "limits": asdict(limits)})
 
-    def _cap() -> None:  # runs in the child before exec
-        cap = limits.sandbox_memory_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    def _cap() -> None:  # runs in the child before exec; the child caps its memory itself
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
 import sys
 from pathlib import Path, PurePosixPath
@@ -40,6 +41,7 @@ def check_model_file(path: Path, limits: Limits) -> ModelInfo:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
+        _raise_if_out_of_memory(exc)
         raise ModelRejected(
             "the file is not an ONNX model (it does not parse as ONNX protobuf); "
             "check that it is complete and was written by an ONNX exporter."
@@ -51,6 +53,7 @@ def check_model_file(path: Path, limits: Limits) -> ModelInfo:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model if model.ByteSize() < (1 << 31) - (1 << 24) else str(path))
     except Exception as exc:
+        _raise_if_out_of_memory(exc)
         raise ModelRejected(f"the model fails the ONNX checker: {_first_line(exc)}") from exc
     _try_onnxruntime(model)
     return inspect_model(model, external_files=external)
@@ -152,7 +155,16 @@ def _try_onnxruntime(model: onnx.ModelProto) -> None:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         session.run(None, zero_feeds(session, concrete_input_shapes(model, 1)))
     except Exception as exc:
+        _raise_if_out_of_memory(exc)
         raise ModelRejected(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+
+
+def _raise_if_out_of_memory(exc: Exception) -> None:
+    """protobuf, the checker and onnxruntime report a failed allocation in their own words;
+    under the memory cap that means the model is too costly to parse, not malformed."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(w in text for w in ("alloc", "failed to serialize")):
+        raise MemoryError(str(exc)) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,10 +172,23 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+def cap_memory(budget: int) -> None:
+    """Cap the address space at what this process holds now plus ``budget``. Called once the
+    interpreter and the parsing libraries are loaded, so the cap bounds what the model's
+    parse and checks take, not Python's own start-up."""
+    import onnxruntime  # noqa: F401  (loaded before the cap: it is part of start-up)
+
+    pages = int(Path("/proc/self/statm").read_text().split()[0])
+    cap = pages * os.sysconf("SC_PAGE_SIZE") + budget
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    limits = Limits(**request["limits"])
+    cap_memory(limits.sandbox_memory_bytes)
     try:
-        info = check_model_file(Path(request["path"]), Limits(**request["limits"]))
+        info = check_model_file(Path(request["path"]), limits)
         answer = {"ok": True, "info": info.to_dict()}
     except ModelpressError as exc:
         answer = {"ok": False, "kind": exc.kind, "message": exc.message}
