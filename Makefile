@@ -40,7 +40,7 @@ bench: install
 	$(BIN)/python bench/service.py
 
 demo: install
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo $(DEMO_ARGS)
 
 openapi: install
 	$(BIN)/python -m service.openapi_export

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +15,7 @@ from compressors.onnx.layers import find_layers
 from compressors.onnx.lowrank import factorize
 from compressors.onnx.ranks import Energy, Fixed
 from tests import builders
+from tests.conftest import run_cli
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -107,3 +111,37 @@ def test_truncated_factorization_shrinks_params_and_macs_as_reported() -> None:
     assert result.macs_after == layer.macs_after
     stored = sum(int(np.prod(t.dims)) for t in result.model.graph.initializer)
     assert stored == layer.params_after
+
+
+def test_shared_weights_are_left_alone_and_listed(tmp_path: Path) -> None:
+    """A weight read by two MatMuls is neither factorized nor changed; the report says why,
+    while the unshared layer beside it is factorized."""
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal((64, 64)).astype(np.float32)
+    own = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [
+        onnx.helper.make_node("MatMul", ["X", "W"], ["A"], name="first"),
+        onnx.helper.make_node("MatMul", ["A", "W"], ["B"], name="second"),
+        onnx.helper.make_node("MatMul", ["B", "V"], ["Y"], name="third"),
+    ]
+    inits = [onnx.numpy_helper.from_array(shared, "W"), onnx.numpy_helper.from_array(own, "V")]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [builders.value("X", ["batch", 64])], [builders.value("Y", ["batch", 64])], inits
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = builders.save(model, tmp_path / "shared.onnx")
+    out = tmp_path / "small.onnx"
+    done = run_cli("compress", str(path), "--energy", "0.5", "-o", str(out), "--json", "--no-latency")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    ranks = {layer["name"]: layer["rank"] for layer in report["layers"]}
+    assert ranks["third"] is not None and "first" not in ranks and "second" not in ranks
+    for name in ("first", "second"):
+        assert f"{name} (MatMul) left as is: its weight is shared with other nodes." in report["notes"]
+    written = onnx.load(str(out))
+    kept = {t.name: onnx.numpy_helper.to_array(t) for t in written.graph.initializer}
+    np.testing.assert_array_equal(kept["W"], shared)
+    assert [list(n.input) for n in written.graph.node if n.name in ("first", "second")] == [
+        ["X", "W"],
+        ["A", "W"],
+    ]

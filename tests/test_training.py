@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from compressors.errors import JobCancelled, NotRetrainable
+from compressors.errors import JobCancelled, NotRetrainable, TrainingDiverged
 from compressors.intake.loading import load_model
 from compressors.onnx import metrics
 from compressors.onnx.inspection import analysis_shapes
@@ -246,3 +246,18 @@ def test_an_operator_without_a_converter_is_named() -> None:
     assert not ok and "Det" in why
     with pytest.raises(NotRetrainable, match="Det"):
         to_torch(model)
+
+
+def test_a_loss_that_stops_being_finite_raises_training_diverged() -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    y = np.arange(64) % 3
+    config = TrainConfig(epochs=3, batch_size=16, lr=1e30, lr_schedule="constant")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: .* at epoch 1, step \d+; lower lr"):
+        train(module, x, y, config)
+    weights = TrainConfig(epochs=1, batch_size=16, lr=1e-3)
+    with torch.no_grad():
+        module[0].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"weights 0\.weight went non-finite"):
+        train(module, x, y, weights)
