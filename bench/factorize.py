@@ -2,7 +2,7 @@
 smaller, and does the pipeline cost little more than the SVD it cannot avoid?
 
 Two models are built here with random weights (never downloaded) and exported the way users
-export theirs (``compressors.digits.export``, dynamo, dynamic batch), cached in ``bench/.cache/``:
+export theirs (``examples.digits.export``, dynamo, dynamic batch), cached in ``bench/.cache/``:
 a torchvision ResNet-50 (25.5 M parameters once the exporter folds BatchNorm, 4.1 GMACs per
 sample) and a wide MLP
 1024-4096-4096-1024. Each is loaded once with ``compressors.load_model`` and compressed
@@ -63,7 +63,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
-from benchmarks_doc import DOCS, write_section
+from benchmarks_doc import DOCS, add_render_only, render_only, write_section
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
@@ -707,16 +707,10 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke run: smaller models, few runs, results to bench/.cache/ only",
     )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help=f"rewrite the docs section from {RESULTS.relative_to(ROOT)} without measuring",
-    )
+    add_render_only(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.render_only:
-        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
-        log(f"rewrote {DOCS.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
-        return 0
+        return render_only(SECTION, RESULTS, markdown)
     if args.quick:
         settings = Settings(
             True,

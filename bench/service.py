@@ -1,7 +1,7 @@
 """Service benchmark: does a training job slow down the API, and how soon does an idle worker start a job?
 
 1. Status under load. ``modelpress serve`` (embedded default: SQLite, one local worker
-   process) runs on loopback; a small dynamo-exported digits CNN (``compressors.digits.DigitsCNN``,
+   process) runs on loopback; a small dynamo-exported digits CNN (``examples.digits.DigitsCNN``,
    trained briefly, zipped with its external data) and the built-in digits dataset are uploaded,
    and a ``nuclear`` job with many epochs is started. While it trains, 50 concurrent clients
    (one ``httpx.AsyncClient`` each, keep-alive, connected before timing, a fixed number of
@@ -47,8 +47,9 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from benchmarks_doc import DOCS, write_section
+from benchmarks_doc import DOCS, add_render_only, render_only, write_section
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
 from compressors.report import library_versions
 from examples import digits
 
@@ -353,15 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10, help="requests per client per round (default 10)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per endpoint (default 4)")
     parser.add_argument("--submits", type=int, default=5, help="submit-to-running samples (default 5)")
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help=f"rewrite the docs section from {RESULTS.relative_to(ROOT)} without measuring",
-    )
+    add_render_only(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.render_only:
-        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
-        return 0
+        return render_only(SECTION, RESULTS, markdown)
     load_at_start = list(os.getloadavg())
     started = time.perf_counter()
     model_zip = digits_cnn_zip()

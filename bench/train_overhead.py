@@ -12,11 +12,11 @@ shared machine hits both alike; the headline ratio is median(nuclear s/epoch) / 
 s/epoch), where s/epoch is the wall time of one ``train`` call over its epochs.
 
 Models (random or briefly trained weights, never downloaded), each exported the way users
-export theirs (``compressors.digits.export``, dynamo, dynamic batch) into ``bench/.cache/``, then
+export theirs (``examples.digits.export``, dynamo, dynamic batch) into ``bench/.cache/``, then
 loaded with ``compressors.loading.load_model`` and converted with
 ``compressors.retrain.trainable_with_views`` (onnx2torch), so the product path is measured:
 
-1. ``digits-cnn``: ``compressors.digits.DigitsCNN`` trained for a few epochs on scikit-learn's
+1. ``digits-cnn``: ``examples.digits.DigitsCNN`` trained for a few epochs on scikit-learn's
    bundled digits (1797 images of 1x8x8), then fine-tuned on all of them.
 2. ``resnet18``: torchvision ``resnet18(weights=None, num_classes=10)`` on synthetic data
    (random 3x32x32 images with random labels; speed does not depend on the values).
@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from benchmarks_doc import DOCS, write_section
+from benchmarks_doc import DOCS, add_render_only, render_only, write_section
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
@@ -109,11 +109,11 @@ def log(message: str) -> None:
 def subjects(quick: bool) -> list[Subject]:
     if quick:
         return [
-            Subject("digits-cnn", "compressors.digits.DigitsCNN, sklearn digits", 1797, 2, 64, 2),
+            Subject("digits-cnn", "examples.digits.DigitsCNN, sklearn digits", 1797, 2, 64, 2),
             Subject("resnet18", "torchvision resnet18, 10 classes, synthetic 3×32×32", 128, 1, 64, 1),
         ]
     return [
-        Subject("digits-cnn", "compressors.digits.DigitsCNN, sklearn digits", 1797, 5, 64, 7),
+        Subject("digits-cnn", "examples.digits.DigitsCNN, sklearn digits", 1797, 5, 64, 7),
         Subject("resnet18", "torchvision resnet18, 10 classes, synthetic 3×32×32", 512, 3, 64, 5),
     ]
 
@@ -482,7 +482,7 @@ def markdown(results: dict[str, Any]) -> str:
         "step and `stats()` are timed on their own (one step = plain epoch ÷ steps). The machine is "
         "shared with other work, so absolute times drift. Raw numbers: `bench/results/train_overhead.json`.",
         "",
-        "Models: digits-cnn = `compressors.digits.DigitsCNN` (trained 3 epochs) on scikit-learn's "
+        "Models: digits-cnn = `examples.digits.DigitsCNN` (trained 3 epochs) on scikit-learn's "
         "1797 digits; resnet18 = torchvision `resnet18(weights=None, num_classes=10)` on random "
         "3×32×32 images with random labels.",
         "",
@@ -508,16 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: fewer samples, epochs and repetitions"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help=f"rewrite the docs section from {RESULTS.relative_to(ROOT)} without measuring",
-    )
+    add_render_only(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.render_only:
-        write_section(SECTION, markdown(json.loads(RESULTS.read_text())))
-        log(f"rewrote {DOCS.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
-        return 0
+        return render_only(SECTION, RESULTS, markdown)
     torch.set_num_threads(args.threads)
     load_at_start = list(os.getloadavg())
     started = time.perf_counter()

@@ -66,18 +66,22 @@ def _add_compress(compress: argparse.ArgumentParser) -> None:
     compress.add_argument("--report", type=Path, help="where to write report.json")
     compress.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
     compress.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    compress.add_argument("--epochs", type=int, help="regularized training epochs (retraining methods)")
-    compress.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs on the compressed model")
-    compress.add_argument("--strength", type=float, help="regularizer strength (per-method default)")
-    compress.add_argument("--lr", type=float, help="learning rate (Adam)")
+    for flag, kind, text in _TRAINING_OPTIONS:
+        compress.add_argument(flag, type=kind, help=text)
     compress.add_argument("--lr-schedule", choices=["cosine", "constant"], help="step-size schedule (cosine)")
-    compress.add_argument(
-        "--strength-ramp", type=float, help="nuclear: share of training over which λ rises from 0"
-    )
-    compress.add_argument("--batch-size", type=int, help="training batch size")
     compress.add_argument("--distill", action="store_true", help="distill from the original model")
-    compress.add_argument("--seed", type=int, help="seed for data order and sampling")
     compress.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+_TRAINING_OPTIONS = (
+    ("--epochs", int, "regularized training epochs (retraining methods)"),
+    ("--finetune-epochs", int, "fine-tuning epochs on the compressed model"),
+    ("--strength", float, "regularizer strength (per-method default)"),
+    ("--lr", float, "learning rate (Adam)"),
+    ("--strength-ramp", float, "nuclear: share of training over which λ rises from 0"),
+    ("--batch-size", int, "training batch size"),
+    ("--seed", int, "seed for data order and sampling"),
+)
 
 
 def _add_sweep(sweep: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.auth import tenant_for
-from service.db import session_factory
+from service.db import session_factory, session_scope
 from service.models import Tenant
 from service.problems import Problem
 from service.settings import Settings
@@ -22,15 +22,8 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session = session_factory(request.app.state.settings.db_url)()
-    try:
+    with session_scope(request.app.state.settings.db_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_read_session(request: Request) -> Iterator[Session]:

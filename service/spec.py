@@ -64,16 +64,20 @@ class TrainingSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     def config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            lr_schedule=self.lr_schedule,
-            seed=self.seed,
-            distill=self.distill,
-            strength=self.strength,
-            strength_ramp=self.strength_ramp,
-        )
+        return TrainConfig(**{name: getattr(self, name) for name in _TRAIN_CONFIG_FIELDS})
+
+
+# the training fields the library's TrainConfig takes (finetune_epochs is a stage of its own)
+_TRAIN_CONFIG_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "seed",
+    "distill",
+    "strength",
+    "strength_ramp",
+)
 
 
 class EvaluationSpec(BaseModel):

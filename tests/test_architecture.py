@@ -53,24 +53,18 @@ print("exit", code, "torch-modules", len(loaded), loaded[:3])
 def test_compressing_with_svd_never_imports_torch(digits_mlp_onnx: Path, tmp_path: Path) -> None:
     """``modelpress compress --method svd`` runs without torch; fine-tuning loads it."""
     svd = ["compress", str(digits_mlp_onnx), "--method", "svd", "--data", "digits", "--no-latency"]
-    done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *svd, "-o", str(tmp_path / "small.onnx")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert "exit 0 torch-modules 0 []" in done.stdout, done.stdout + done.stderr
+    assert "exit 0 torch-modules 0 []" in _probe(*svd, "-o", str(tmp_path / "small.onnx"))
     # the same probe sees torch when a method needs it
-    prune_tuned = [*svd[:3], "prune", *svd[4:], "--finetune-epochs", "1"]
+    tuned = _probe(*svd[:3], "prune", *svd[4:], "--finetune-epochs", "1", "-o", str(tmp_path / "tuned.onnx"))
+    assert "exit 0" in tuned and "exit 0 torch-modules 0" not in tuned
+
+
+def _probe(*args: str) -> str:
+    """``modelpress ARGS`` in a fresh interpreter; its exit code and the torch modules it loaded."""
     done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *prune_tuned, "-o", str(tmp_path / "tuned.onnx")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+        [sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
-    assert "exit 0 torch-modules 0" not in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def test_the_front_door_lists_only_what_resolves() -> None:

@@ -58,22 +58,15 @@ def test_target_macs_quarter_on_a_bundled_cnn(digits_cnn_zip: Path, tmp_path: Pa
     assert "accuracy top1" in done.stdout  # the table a person reads
 
 
-def test_energy_on_an_external_data_mlp_keeps_accuracy(digits_mlp_onnx: Path, tmp_path: Path) -> None:
-    out = tmp_path / "mlp.onnx"
-    done = run_cli(
-        "compress",
-        str(digits_mlp_onnx),
-        "--energy",
-        "0.9",
-        "--data",
-        "digits",
-        "-o",
-        str(out),
-        "--json",
-        "--no-latency",
-    )
+def _compress_json(model: Path, out: Path, *flags: str) -> dict:
+    """The report of ``modelpress compress MODEL FLAGS -o OUT --json --no-latency``."""
+    done = run_cli("compress", str(model), *flags, "-o", str(out), "--json", "--no-latency")
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_energy_on_an_external_data_mlp_keeps_accuracy(digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    report = _compress_json(digits_mlp_onnx, tmp_path / "mlp.onnx", "--energy", "0.9", "--data", "digits")
     assert report["after"]["params"] < report["before"]["params"]
     assert report["after"]["fidelity"]["top1_agreement"] > 0.9
     # both layers, the hidden one whose weight lives in the external-data file included, are
@@ -94,20 +87,7 @@ def test_transformer_style_matmuls_are_factorized(encoder_onnx: Path, tmp_path: 
     data = tmp_path / "tokens.npz"
     np.savez(data, x=x)
     out = tmp_path / "enc.onnx"
-    done = run_cli(
-        "compress",
-        str(encoder_onnx),
-        "--target-params",
-        "0.5",
-        "--data",
-        str(data),
-        "-o",
-        str(out),
-        "--json",
-        "--no-latency",
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = _compress_json(encoder_onnx, out, "--target-params", "0.5", "--data", str(data))
     factorized = {layer["name"] for layer in report["layers"] if layer["rank"]}
     matmuls = {layer["name"] for layer in report["layers"] if layer["op"] == "MatMul"}
     assert len(matmuls) >= 3 and matmuls <= factorized  # attention and feed-forward, not just the head
