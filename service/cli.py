@@ -155,12 +155,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
-    info = inspect_model(model)
     if args.json:
+        info = inspect_model(model)
         print(
             json.dumps({"sha256": model.sha256, "file_bytes": model.file_bytes, **info.to_dict()}, indent=2)
         )
         return EXIT_OK
+    # everything but the retraining verdict is known without torch: print it first
+    info = inspect_model(model, retraining=False)
     console = Console()
     console.print(f"[bold]{args.model}[/]  opset {info.opset}  {info.producer}  sha256 {model.sha256[:12]}")
     for kind, specs in (("input", info.inputs), ("output", info.outputs)):
@@ -182,6 +184,7 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"{len(info.eligible_layers)} of {len(info.layers)} layers can be factorized.")
+    info = inspect_model(model)
     if info.retrainable:
         console.print("retrainable: yes (every method applies)")
     else:

@@ -35,6 +35,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "dataset-rejected": (422, "The dataset was rejected"),
     "invalid-spec": (422, "The job cannot be run as specified"),
     "not-retrainable": (422, "The model cannot be retrained"),
+    "training-diverged": (422, "Training diverged"),
     "service-unavailable": (503, "A service this request needs is unavailable"),
     "internal-error": (500, "Internal error"),
 }

@@ -105,9 +105,6 @@ class SpecBase(BaseModel):
         """The method's registry entry."""
         return METHODS[self.method]
 
-    def strength(self) -> float:
-        return self.entry.strength_for(self.training.config()) or 0.0
-
     @model_validator(mode="after")
     def _rule_fits_the_method(self) -> SpecBase:
         try:
