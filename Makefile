@@ -34,10 +34,12 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: install
+	$(PIP) install -c constraints.txt -e '.[bench]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python bench/factorize.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/review.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/zoo.py
 
 demo: install
 	$(BIN)/python -m examples.demo $(DEMO_ARGS)

@@ -11,7 +11,7 @@ by the ``svd`` method (``compressors.onnx.lowrank.factorize``) at whole-model MA
 
 (a) Speedup per MACs reduction, at batch 1 and 32:
     (latency_before / latency_after) / (macs_before / macs_after); goal >= 0.8.
-    Latency is ``compressors.metrics.measure_latency`` (onnxruntime CPU, intra-op threads
+    Latency is ``compressors.onnx.metrics.measure_latency`` (onnxruntime CPU, intra-op threads
     fixed, 1 by default). The original and its three compressed versions are measured in
     turn, in rounds whose order rotates, so machine noise hits all of them alike; each
     figure is the median over rounds of the per-round medians. MACs after are counted
@@ -237,7 +237,7 @@ def kernel_times(
 ) -> dict[str, float]:
     """Mean ms per run spent in each onnxruntime kernel type (after its fusions), from its profiler.
 
-    The session mirrors ``compressors.metrics.session`` (same threads, sequential)."""
+    The session mirrors ``compressors.onnx.metrics.session`` (same threads, sequential)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -13,8 +13,8 @@ s/epoch), where s/epoch is the wall time of one ``train`` call over its epochs.
 
 Models (random or briefly trained weights, never downloaded), each exported the way users
 export theirs (``examples.digits.export``, dynamo, dynamic batch) into ``bench/.cache/``, then
-loaded with ``compressors.loading.load_model`` and converted with
-``compressors.retrain.trainable_with_views`` (onnx2torch), so the product path is measured:
+loaded with ``compressors.intake.loading.load_model`` and converted with
+``compressors.training.retrain.trainable_with_views`` (onnx2torch), so the product path is measured:
 
 1. ``digits-cnn``: ``examples.digits.DigitsCNN`` trained for a few epochs on scikit-learn's
    bundled digits (1797 images of 1x8x8), then fine-tuned on all of them.

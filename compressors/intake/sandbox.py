@@ -1,6 +1,6 @@
 """The child side of model validation: ``python -m compressors.intake.sandbox`` reads a JSON request
 on stdin and prints one JSON line. It runs under the memory and time limits the parent set
-(see ``compressors.loading.validate_in_sandbox``), so whatever the bytes do to the ONNX
+(see ``compressors.intake.loading.validate_in_sandbox``), so whatever the bytes do to the ONNX
 parser or onnxruntime, the caller survives.
 """
 

@@ -8,7 +8,7 @@ so without them the penalty shrinks filters that the normalization scales back u
 switches no channel off (the network-slimming observation, Liu et al. 2017). After each optimizer step the
 group prox W_g ← W_g · max(0, 1 − lr·λ/‖W_g‖) (group soft-thresholding, Wen et al. 2016)
 switches whole groups to exactly zero. Only layers whose channels can be physically
-removed (``compressors.channels.prunable_layers``) are penalized; layers tied by a
+removed (``compressors.onnx.channels.prunable_layers``) are penalized; layers tied by a
 residual Add are left alone and reported.
 
 Removal: ``Energy(1.0)`` removes exactly the zeroed groups; ``Energy(e)`` keeps per layer

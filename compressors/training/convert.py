@@ -1,18 +1,26 @@
 """ONNX ↔ torch for retraining: onnx2torch one way, weight write-back the other.
 
-``to_torch`` prepares a validated ONNX model for onnx2torch (float Constant nodes become
-initializers; opset > 17 is brought down with onnx.version_converter because onnx2torch
-stops at opset 17; ``Reshape(allowzero=1)``, which torch.onnx's dynamo exporter writes and
-onnx2torch refuses, becomes ``allowzero=0`` unless its target is a constant holding a zero —
-see ``_relax_reshape_allowzero``), converts it, and makes every floating-point weight a trainable
-parameter. Each parameter is bound to the ONNX tensor it came from (matched by content,
-transposed for Gemm with transB=0), so ``write_back`` puts trained weights into the user's
-own graph: the artifact keeps the user's opset, names and structure, with no re-export.
+``to_torch`` prepares a validated ONNX model for onnx2torch and converts it:
+
+- float Constant nodes become initializers, and so do weights the TorchScript exporter feeds
+  through Identity nodes (it shares one tensor among layers whose weights were equal), so both
+  can be trained;
+- operator versions newer than onnx2torch's opset 17 convert through the converters
+  ``compressors.training.onnx_converters`` registers in onnx2torch's own registry; the whole graph is
+  down-converted (onnx.version_converter) only when that alone would make it convertible;
+- ``Reshape(allowzero=1)``, which torch.onnx's dynamo exporter writes and onnx2torch refuses,
+  becomes ``allowzero=0`` unless its target is a constant holding a zero (``_relax_reshape_allowzero``);
+- a graph exported with a fixed batch is trained at any batch size (``compressors.training.any_batch``).
+
+Every floating-point weight becomes a trainable parameter bound to the ONNX tensor it came from:
+the tensors the parameter's own node reads (or, for onnx2torch's initializer buffers, the exact
+input they were made for), confirmed by content, transposed for Gemm with transB=0. So
+``write_back`` puts trained weights into the user's own graph: the artifact keeps the user's
+opset, names, batch and structure, with no re-export.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -23,10 +31,19 @@ import torch
 from onnx import numpy_helper
 
 from compressors.errors import NotRetrainable
-from compressors.onnx.graph import constant_array, initializers, is_float_tensor, producers
+from compressors.onnx.graph import fixed_batch, initializers, is_float_tensor, producers
 from compressors.onnx.inspection import opset_of
+from compressors.training import onnx_converters
+from compressors.training.any_batch import (
+    FixedBatch,
+    has_only_batch_fixed,
+    outputs_agree,
+    shape_constant,
+    symbolic_batch,
+)
 
-MAX_OPSET = 17  # the newest opset onnx2torch 1.5 converts
+MAX_OPSET = 17  # the newest opset onnx2torch 1.5 converts by itself
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,9 +56,10 @@ class Binding:
 
 @dataclass
 class TrainableModel:
-    module: torch.fx.GraphModule
+    module: torch.nn.Module  # onnx2torch's GraphModule, or a FixedBatch around it
     bindings: dict[str, Binding] = field(default_factory=dict)  # parameter name -> tensor
     frozen: list[str] = field(default_factory=list)  # weights we could not bind, kept fixed
+    chunk: int | None = None  # rows per forward pass when the graph's batch could not be freed
 
     def parameter_of(self, tensor: str) -> str | None:
         """The trainable parameter bound to ONNX tensor ``tensor``, if any."""
@@ -53,16 +71,49 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     _hoist_constants(prepared.graph)
-    if opset_of(prepared) > MAX_OPSET:
-        try:
-            prepared = onnx.version_converter.convert_version(prepared, MAX_OPSET)
-        except Exception as exc:
-            raise NotRetrainable(
-                f"the model's opset {opset_of(model)} could not be brought down to {MAX_OPSET} for "
-                f"retraining ({_first_line(exc)}); use svd or prune, which need no retraining."
-            ) from exc
+    _materialize_shared_weights(prepared.graph)
+    prepared = _down_convert_if_it_helps(prepared, opset_of(model))
     _relax_reshape_allowzero(prepared.graph)
     return prepared
+
+
+def unconvertible_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes whose operator, at the model's own opset, has no converter in onnx2torch's registry."""
+    from onnx2torch.node_converters import get_converter
+
+    onnx_converters.register()
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    missing = []
+    for node in model.graph.node:
+        domain = node.domain or ""
+        try:
+            get_converter(node.op_type, opsets.get(domain, MAX_OPSET), domain)
+        except NotImplementedError:
+            missing.append(node)
+    return missing
+
+
+def _down_convert_if_it_helps(prepared: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Bring the graph down to opset 17 only when some operator lacks a converter at its own
+    opset and every one of them has a converter at 17; otherwise leave it (and let the check
+    name the operator)."""
+    from onnx2torch.node_converters import get_converter
+
+    missing = unconvertible_nodes(prepared)
+    if opset <= MAX_OPSET or not missing:
+        return prepared
+    try:
+        for node in missing:
+            get_converter(node.op_type, MAX_OPSET, node.domain or "")
+    except NotImplementedError:
+        return prepared
+    try:
+        return onnx.version_converter.convert_version(prepared, MAX_OPSET)
+    except Exception as exc:
+        raise NotRetrainable(
+            f"the model's opset {opset} could not be brought down to {MAX_OPSET} for retraining "
+            f"({_first_line(exc)}); use svd or prune, which need no retraining."
+        ) from exc
 
 
 def _hoist_constants(graph: onnx.GraphProto) -> None:
@@ -81,6 +132,28 @@ def _hoist_constants(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
+def _materialize_shared_weights(graph: onnx.GraphProto) -> None:
+    """An Identity of a float initializer (the TorchScript exporter shares one tensor among
+    layers whose weights were equal, e.g. zero biases) becomes an initializer of its own under
+    the Identity's output name, so each layer trains its own copy; ``write_back`` gives the user's
+    graph the same split only where the copies came to differ."""
+    while True:
+        inits = initializers(graph)
+        shared = [
+            n
+            for n in graph.node
+            if n.op_type == "Identity" and n.input[0] in inits and is_float_tensor(inits[n.input[0]])
+        ]
+        if not shared:
+            return
+        for node in shared:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            graph.node.remove(node)
+
+
 def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
     """``allowzero`` only matters where the target shape holds a 0, and with allowzero=1 a 0
     in the target makes the output, hence the input, empty. Training never feeds empty
@@ -93,44 +166,27 @@ def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
             continue
         for attr in node.attribute:
             if attr.name == "allowzero" and attr.i == 1:
-                shape = _shape_constant(node.input[1], inits, made_by)
+                shape = shape_constant(node.input[1], inits, made_by)
                 if shape is None or not (shape == 0).any():
                     attr.i = 0
 
 
-def _shape_constant(
-    name: str, inits: dict[str, onnx.TensorProto], made_by: dict[str, onnx.NodeProto]
-) -> np.ndarray | None:
-    """A Reshape target that is constant: one tensor, or a Concat of constant pieces (how an
-    unoptimized dynamo export builds it)."""
-    node = made_by.get(name)
-    if node is not None and node.op_type == "Concat":
-        pieces = [_shape_constant(piece, inits, made_by) for piece in node.input]
-        if all(p is not None and p.ndim == 1 for p in pieces):
-            return np.concatenate([p for p in pieces if p is not None])
-        return None
-    return constant_array(name, inits, made_by)
-
-
 def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
-    """(True, "") when every operator converts to torch; else (False, why)."""
-    from onnx2torch.node_converters import get_converter
-
+    """(True, "") when every operator converts to torch; else (False, why), naming the
+    operator and the node."""
     try:
         prepared = prepare(model)
     except NotRetrainable as exc:
         return False, exc.message
     opsets = {o.domain or "": o.version for o in prepared.opset_import}
-    for node in prepared.graph.node:
+    for node in unconvertible_nodes(prepared)[:1]:
         domain = node.domain or ""
-        try:
-            get_converter(node.op_type, opsets.get(domain, MAX_OPSET), domain or "")
-        except NotImplementedError:
-            where = f"{domain}::" if domain else ""
-            return (
-                False,
-                f"operator {where}{node.op_type} (opset {opsets.get(domain)}) has no torch converter",
-            )
+        where = f"{domain}::" if domain else ""
+        at = f" at node {node.name!r}" if node.name else ""
+        return (
+            False,
+            f"operator {where}{node.op_type} (opset {opsets.get(domain)}){at} has no torch converter",
+        )
     for node in prepared.graph.node:
         if node.op_type == "Reshape" and any(a.name == "allowzero" and a.i for a in node.attribute):
             return False, "a Reshape with allowzero=1 has a constant target shape holding a 0"
@@ -138,27 +194,60 @@ def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
 
 
 def to_torch(model: onnx.ModelProto) -> TrainableModel:
-    """A trainable torch module computing what ``model`` computes."""
-    from onnx2torch import convert
-
+    """A trainable torch module computing what ``model`` computes, at any batch size."""
     ok, why = check_retrainable(model)
     if not ok:
         raise NotRetrainable(f"the model cannot be retrained: {why}; use svd or prune instead.")
     prepared = prepare(model)
+    batch = fixed_batch(prepared)
+    converted, module = prepared, None
+    if batch is not None and has_only_batch_fixed(prepared):
+        converted, module = _convert_batch_free(prepared, model, batch)
+    if module is None:
+        converted, module = prepared, _convert(prepared)
+    _promote_float_buffers(module)
+    trainable = TrainableModel(module)
+    _bind(trainable, converted)
+    if batch is not None and converted is prepared:
+        log.info("the graph's batch of %d could not be freed; training runs %d rows at a time", batch, batch)
+        _wrap_in_chunks(trainable, batch)
+    return trainable
+
+
+def _convert(prepared: onnx.ModelProto) -> torch.fx.GraphModule:
+    from onnx2torch import convert
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("onnx2torch").setLevel(logging.ERROR)
-            module = convert(prepared)
+            return convert(prepared, attach_onnx_mapping=True)
     except Exception as exc:
         raise NotRetrainable(
             f"the model could not be converted for retraining ({_first_line(exc)}); "
             "use svd or prune, which need no retraining."
         ) from exc
-    _promote_float_buffers(module)
-    trainable = TrainableModel(module)
-    _bind(trainable, prepared)
-    return trainable
+
+
+def _convert_batch_free(
+    prepared: onnx.ModelProto, model: onnx.ModelProto, batch: int
+) -> tuple[onnx.ModelProto, torch.fx.GraphModule | None]:
+    """The batch-free graph and its module, when the module agrees with the user's graph."""
+    try:
+        free = symbolic_batch(prepared, batch)
+        module = _convert(free)
+        if outputs_agree(module, model, batch):
+            return free, module
+    except Exception as exc:  # any failure here only means training runs in chunks
+        log.info("freeing the batch failed: %s", _first_line(exc))
+    return prepared, None
+
+
+def _wrap_in_chunks(trainable: TrainableModel, batch: int) -> None:
+    trainable.module = FixedBatch(trainable.module, batch)
+    trainable.bindings = {f"inner.{k}": v for k, v in trainable.bindings.items()}
+    trainable.frozen = [f"inner.{k}" for k in trainable.frozen]
+    trainable.chunk = batch
 
 
 def _promote_float_buffers(module: torch.nn.Module) -> None:
@@ -173,40 +262,61 @@ def _promote_float_buffers(module: torch.nn.Module) -> None:
             container.register_parameter(name, torch.nn.Parameter(buffer.detach().clone()))
 
 
-def _digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
-    contiguous = np.ascontiguousarray(array, dtype=np.float32)
-    return contiguous.shape, hashlib.blake2b(contiguous.tobytes(), digest_size=16).hexdigest()
+def _parameter_sources(module: torch.fx.GraphModule, prepared: onnx.ModelProto) -> dict[str, list[str]]:
+    """For each parameter (and each initializer buffer), the ONNX tensors it may hold: the
+    initializer inputs of the node its layer was made from, or for onnx2torch's
+    ``initializers.onnx_initializer_N`` buffers the very input they were created for."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    sources: dict[str, list[str]] = {}
+    nodes = OnnxGraph(prepared.graph).nodes
+    for name, _ in module.named_parameters():
+        top = name.split(".", 1)[0]
+        if top in nodes:
+            sources[name] = list(nodes[top].input_values)
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module":
+            continue
+        mapping = getattr(module.get_submodule(fx_node.target), "onnx_mapping", None)
+        if mapping is None:
+            continue
+        values = [*fx_node.args, *fx_node.kwargs.values()]
+        for tensor, arg in zip([v for v in mapping.inputs if v], values, strict=False):
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+                sources[str(arg.target)] = [tensor]
+    return sources
 
 
 def _bind(trainable: TrainableModel, prepared: onnx.ModelProto) -> None:
+    """Bind each float parameter to the single-use initializer it holds (by source and content);
+    what cannot be bound, or is shared by several nodes, stays frozen."""
     uses: dict[str, int] = {}
     for node in prepared.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    candidates: dict[tuple[tuple[int, ...], str], list[str]] = {}
-    for tensor in prepared.graph.initializer:
-        if is_float_tensor(tensor) and uses.get(tensor.name, 0) == 1:
-            candidates.setdefault(_digest(numpy_helper.to_array(tensor)), []).append(tensor.name)
+    tensors = {t.name: t for t in prepared.graph.initializer if is_float_tensor(t) and uses.get(t.name) == 1}
+    sources = _parameter_sources(trainable.module, prepared)  # type: ignore[arg-type]
     taken: set[str] = set()
     for name, param in trainable.module.named_parameters():
         value = param.detach().cpu().numpy()
-        binding = _claim(candidates, taken, _digest(value), transposed=False)
-        if binding is None and value.ndim == 2:
-            binding = _claim(candidates, taken, _digest(value.T), transposed=True)
+        binding = _claim(
+            value, [t for t in sources.get(name, []) if t in tensors and t not in taken], tensors
+        )
         if binding is None:
             param.requires_grad_(False)
             trainable.frozen.append(name)
         else:
+            taken.add(binding.tensor)
             trainable.bindings[name] = binding
 
 
-def _claim(
-    candidates: dict[tuple[tuple[int, ...], str], list[str]], taken: set[str], key: object, transposed: bool
-) -> Binding | None:
-    for tensor in candidates.get(key, []):  # type: ignore[call-overload]
-        if tensor not in taken:
-            taken.add(tensor)
-            return Binding(tensor, transposed)
+def _claim(value: np.ndarray, candidates: list[str], tensors: dict[str, onnx.TensorProto]) -> Binding | None:
+    for tensor in candidates:
+        array = numpy_helper.to_array(tensors[tensor])
+        if array.shape == value.shape and np.array_equal(array.astype(np.float32), value.astype(np.float32)):
+            return Binding(tensor, transposed=False)
+        if value.ndim == 2 and array.shape == value.T.shape and np.array_equal(array.T, value):
+            return Binding(tensor, transposed=True)
     return None
 
 
@@ -217,6 +327,7 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
     params = dict(trainable.module.named_parameters())
     targets = {t.name: t for t in out.graph.initializer}
     constants = {n.output[0]: n for n in out.graph.node if n.op_type == "Constant"}
+    identities = {n.output[0]: n for n in out.graph.node if n.op_type == "Identity"}
     for name, binding in trainable.bindings.items():
         value = params[name].detach().cpu().numpy()
         if binding.transposed:
@@ -227,7 +338,27 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
         elif binding.tensor in constants:
             attr = next(a for a in constants[binding.tensor].attribute if a.name == "value")
             attr.t.CopyFrom(_like(attr.t, value))
+        elif binding.tensor in identities:
+            _split_shared(out.graph, identities[binding.tensor], value)
     return out
+
+
+def _split_shared(graph: onnx.GraphProto, identity: onnx.NodeProto, value: np.ndarray) -> None:
+    """Give the layer reading ``identity``'s output a tensor of its own, unless its trained copy
+    still equals the shared one (then the user's graph stays as it was)."""
+    inits, made_by = initializers(graph), producers(graph)
+    source = identity.input[0]
+    while source not in inits and source in made_by and made_by[source].op_type == "Identity":
+        source = made_by[source].input[0]
+    if source not in inits:
+        return
+    template = inits[source]
+    if np.array_equal(numpy_helper.to_array(template), value.astype(numpy_helper.to_array(template).dtype)):
+        return
+    own = _like(template, value)
+    own.name = identity.output[0]
+    graph.initializer.append(own)
+    graph.node.remove(identity)
 
 
 def _like(template: onnx.TensorProto, value: np.ndarray) -> onnx.TensorProto:
