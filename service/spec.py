@@ -1,6 +1,7 @@
 """The job spec: one pydantic model shared by the API, the database and the queue payload.
 
-A discriminated union keyed by ``method``. Defaults for ``strength`` are per method (they
+A discriminated union keyed by ``method``, validated strictly (JSON types as the OpenAPI
+document states them: `true`, not `1`). Defaults for ``strength`` are per method (they
 mean different things: λ of a nuclear norm, a weight-decay coefficient, an l1 or group-lasso
 λ, a KL weight) and were chosen on the digits review (docs/review.md).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 from compressors.ranks import Energy, RankRule, Target
 from compressors.training import TrainConfig
@@ -17,12 +18,35 @@ from compressors.training import TrainConfig
 DEFAULT_STRENGTH = {"nuclear": 1.0, "l2": 0.01, "l1": 1.0, "group_lasso": 1.0, "variational": 0.1}
 RETRAINING = frozenset(DEFAULT_STRENGTH)
 SPARSE = frozenset({"l1", "prune", "variational"})  # unstructured: nonzeros shrink, MACs do not
+RANK_KEYS = ("energy", "target_macs", "target_params")
+
+
+def integral(value: object) -> object:
+    # JSON Schema counts 5.0 as an integer, which strict validation alone would refuse
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(integral)]  # bounds go first inside a list (see batches)
+
+
+def _given(*keys: str) -> dict:
+    """JSON Schema for "one of ``keys`` is given" (present and a number, not null)."""
+    branches = [{"type": "object", "required": [k], "properties": {k: {"type": "number"}}} for k in keys]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def _exactly_one(*keys: str) -> dict:
+    """JSON Schema for "exactly one of ``keys`` is given", said with ``not`` only (neither two
+    nor none), so that the OpenAPI document states the rule the validators below enforce while
+    client generators, which ignore ``not``, still see one object with optional fields."""
+    pairs = [{"allOf": [_given(a), _given(b)]} for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    return {"not": {"anyOf": [*pairs, {"not": _given(*keys)}]}}
 
 
 class RankSpec(BaseModel):
     """Exactly one of: per-layer energy, or a whole-model target ratio."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one(*RANK_KEYS))
 
     energy: float | None = Field(None, gt=0.0, le=1.0, description="keep >= this share of Σσ² per layer")
     target_macs: float | None = Field(None, gt=0.0, lt=1.0, description="MACs after / before, whole model")
@@ -48,10 +72,10 @@ class RankSpec(BaseModel):
 
 
 class TrainingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    epochs: int = Field(5, ge=1, le=1000, description="regularized training epochs")
-    batch_size: int = Field(64, ge=1, le=65536)
+    epochs: Integer = Field(5, ge=1, le=1000, description="regularized training epochs")
+    batch_size: Integer = Field(64, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0.0, le=10.0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine decays the step size (and nuclear's prox threshold) to 0"
@@ -62,9 +86,9 @@ class TrainingSpec(BaseModel):
     strength_ramp: float = Field(
         0.0, ge=0.0, le=1.0, description="nuclear: share of training over which λ rises from 0"
     )
-    finetune_epochs: int = Field(0, ge=0, le=1000, description="epochs on the compressed model")
+    finetune_epochs: Integer = Field(0, ge=0, le=1000, description="epochs on the compressed model")
     distill: bool = Field(False, description="distill from the original (always on without labels)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Integer = Field(0, ge=0, le=2**31 - 1)
 
     def config(self, epochs: int | None = None) -> TrainConfig:
         return TrainConfig(
@@ -78,15 +102,22 @@ class TrainingSpec(BaseModel):
 
 
 class EvaluationSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     latency: bool = True
-    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads for latency")
-    batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], max_length=4)
+    threads: Integer = Field(1, ge=1, le=64, description="onnxruntime intra-op threads for latency")
+    batches: list[Annotated[int, Field(ge=1, le=4096), BeforeValidator(integral)]] = Field(
+        default_factory=lambda: [1, 32], max_length=4
+    )
+
+
+def _method_required(schema: dict) -> None:
+    # the union is told apart by `method`, so a request must send it; its default only names the class
+    schema["required"] = ["method", *[k for k in schema.get("required", []) if k != "method"]]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_method_required)
 
     rank: RankSpec = Field(default_factory=lambda: RankSpec(energy=0.9))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -103,7 +134,10 @@ class _Spec(BaseModel):
 
 
 class _Sparse(_Spec):
-    rank: RankSpec = Field(default_factory=lambda: RankSpec(target_params=0.25))
+    rank: RankSpec = Field(
+        default_factory=lambda: RankSpec(target_params=0.25),
+        json_schema_extra={"not": _given("target_macs")},
+    )
 
     @model_validator(mode="after")
     def _no_macs_target(self) -> _Sparse:
@@ -142,7 +176,11 @@ class PruneSpec(_Sparse):
 
 class VariationalSpec(_Sparse):
     method: Literal["variational"] = "variational"
-    rank: RankSpec | None = Field(None, description="target_params, or none to prune at log α > 3")  # type: ignore[assignment]
+    rank: RankSpec | None = Field(  # type: ignore[assignment]
+        None,
+        description="target_params, or none to prune at log α > 3",
+        json_schema_extra={"not": _given("energy", "target_macs")},
+    )
 
     @model_validator(mode="after")
     def _no_macs_target(self) -> VariationalSpec:
