@@ -308,5 +308,6 @@ def job_artifact(
 
 @router.post("/v1/jobs/validate", response_model=CompressionSpec, operation_id="jobs-validate")
 def validate_spec(spec: CompressionSpec, tenant: CurrentTenant) -> CompressionSpec:
-    """Check a job spec alone, before uploading anything; the answer fills in every default."""
+    """Check a job spec alone, before uploading anything; the answer fills in every default.
+    It needs a key like every /v1 call (``tenant``), so a client learns of a bad token here too."""
     return spec
