@@ -31,7 +31,7 @@ from compressors.errors import (
 )
 from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES, Dataset, load_dataset
 from compressors.intake.loading import Limits, LoadedModel, load_model
-from compressors.methods import METHODS, Method
+from compressors.methods import METHODS, RULES, Method
 from compressors.onnx.inspection import ModelInfo
 from compressors.onnx.ranks import Energy, RankRule, Target
 from compressors.pipeline import Compressed, Evaluation, Progress, Stages, compress
@@ -43,6 +43,7 @@ __all__ = [
     "HOLDOUT",
     "MAX_DATASET_BYTES",
     "METHODS",
+    "RULES",
     "SCHEMA_VERSION",
     "Compressed",
     "Curve",

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import problems
+from service import openapi, problems
 from service.executors import executor_for
 from service.logs import request_id
 from service.routes import datasets, health, jobs, models
@@ -70,12 +70,11 @@ class BodyLimit:
     async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         from fastapi.responses import JSONResponse
 
-        body = problems.problem_body(
-            "payload-too-large", f"the request body exceeds the {limit:,}-byte limit.", 413, scope["path"]
-        )
-        await JSONResponse(body, 413, media_type=problems.MEDIA_TYPE, headers={"Connection": "close"})(
-            scope, receive, send
-        )
+        rid = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        detail = f"the request body exceeds the {limit:,}-byte limit."
+        body = problems.problem_body("payload-too-large", detail, 413, scope["path"], request_id=rid)
+        headers = {"Connection": "close", "X-Request-Id": rid}
+        await JSONResponse(body, 413, media_type=problems.MEDIA_TYPE, headers=headers)(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -97,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     requests = Counter("modelpress_http_requests", "HTTP requests", ["method", "status"], registry=registry)
     latency = Histogram("modelpress_http_request_seconds", "HTTP request durations", registry=registry)
     problems.install(app)
+    openapi.install(app)
     for module in (models, datasets, jobs, health):
         app.include_router(module.router)
 

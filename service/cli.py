@@ -9,20 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from compressors import ModelpressError
 
+if TYPE_CHECKING:  # the commands import the library when they run, so that --help stays quick
+    from compressors import Curve, SweepSpec
+
 EXIT_OK, EXIT_GATE, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A flag that does not say something runnable (exit 3, one line)."""
+
+
+def _debug() -> bool:
+    """``MODELPRESS_LOG=debug``: the one switch that adds the traceback to a one-line error."""
+    return os.environ.get("MODELPRESS_LOG", "").strip().lower() == "debug"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,28 +129,35 @@ def _add_sweep(sweep: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    commands = {"inspect": _inspect, "compress": _compress, "sweep": _sweep}
     try:
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "compress":
-            return _compress(args)
-        if args.command == "sweep":
-            return _sweep(args)
+        if args.command in commands:
+            return commands[args.command](args)
         if args.command in ("serve", "worker", "create-key", "migrate"):
             from service import server
 
             return server.run(args)
-    except ModelpressError as exc:
-        print(f"modelpress: {exc.kind}: {exc.message}", file=sys.stderr)
-        return EXIT_REJECTED
-    except KeyboardInterrupt:
-        print("modelpress: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a failed job is one line, never a traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"modelpress: job-failed: {type(exc).__name__}: {first}", file=sys.stderr)
-        return EXIT_REJECTED
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if _debug():
+            traceback.print_exc()
+        code, line = _one_line(exc)
+        print(f"modelpress: {line}", file=sys.stderr)
+        return code
     return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line on stderr for whatever stopped a command."""
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, f"usage: {exc}"
+    if isinstance(exc, ModelpressError):
+        return EXIT_REJECTED, f"{exc.kind}: {exc.message}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return EXIT_REJECTED, f"job-failed: {type(exc).__name__}: {first}"
 
 
 def _quiet_libraries() -> None:
@@ -232,21 +253,13 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"modelpress: usage: {what} must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from compressors import METHODS, TrainingData, load_dataset, load_model, sweep, write_curve
+    from compressors import TrainingData, load_dataset, load_model, sweep, write_curve
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        print(
-            f"modelpress: usage: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    spec = _sweep_spec(args, methods)
+    spec = _sweep_spec(args)
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
@@ -263,32 +276,50 @@ def _sweep(args: argparse.Namespace) -> int:
             ),
         )
     paths = write_curve(curve, args.output, f"{args.model.name} on {args.data}")
-    _print_best(curve, methods)
+    _print_best(curve, spec.methods)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return EXIT_OK
 
 
-def _sweep_spec(args: argparse.Namespace, methods: list[str]):  # type: ignore[no-untyped-def]
-    from compressors import DEFAULT_TARGETS, SweepSpec, TrainConfig
+def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
+    """The sweep the flags ask for, checked by the API's own rules (``service.schemas.SweepSpec``:
+    each method once, strength grids for retraining methods only, targets in (0, 1))."""
+    from pydantic import ValidationError
 
+    from compressors import DEFAULT_TARGETS, METHODS, SweepSpec, TrainConfig
+    from service.schemas import SweepSpec as Checked
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     strengths: dict[str, Sequence[float]] = {}
     for item in args.strengths:
         method, _, values = item.partition("=")
         strengths[method.strip()] = _floats(values, f"--strengths {method}")
+    targets = tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS
+    seeds = [int(s) for s in _floats(args.seeds, "--seeds")]
+    try:
+        Checked(methods=methods, targets=list(targets), strengths=strengths, seeds=seeds)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"][:1])
+        raise UsageError(f"--{where}: {error['msg'].removeprefix('Value error, ')}") from None
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule)
     return SweepSpec(
         methods,
-        tuple(_floats(args.targets, "--targets")) if args.targets else DEFAULT_TARGETS,
+        targets,
         strengths,
-        [int(s) for s in _floats(args.seeds, "--seeds")],
-        TrainConfig(epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule),
+        seeds,
+        config,
         args.finetune_epochs,
         args.latency,
         ramp=args.strength_ramp,
     )
 
 
-def _print_best(curve, methods: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _print_best(curve: Curve, methods: Sequence[str]) -> None:
     """Per method, the largest reductions that stay within 1 point of the original."""
     table = Table(
         "method",

@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "unsupported-media-type": (415, "Unsupported media type"),
     "conflict": (409, "The resource is not in a state that allows this"),
     "not-ready": (409, "The job has not produced this yet"),
+    "job-finished": (409, "The job has already finished"),
     "model-rejected": (422, "The model was rejected"),
     "model-too-large": (422, "The model declares more than allowed"),
     "unsafe-archive": (422, "The archive is unsafe"),
@@ -118,6 +119,8 @@ def problem_response(
     if "retry_after" in extra:  # a 503 says when to come back (clients honour Retry-After)
         headers["Retry-After"] = str(extra["retry_after"])
     request_id = getattr(request.state, "request_id", None)
+    if request_id:  # also on answers that bypass the request-id middleware (500s)
+        headers["X-Request-Id"] = request_id
     body = problem_body(kind, detail, status, request.url.path, request_id=request_id, **extra)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
@@ -185,6 +188,9 @@ def install(app: FastAPI) -> None:
         errors = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            detail = "the body is not valid JSON; send a JSON object."
+            return problem_response(request, "bad-request", detail, 400)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         detail = f"{'.'.join(first['loc'][1:]) or 'body'}: {first['msg']}"
         return problem_response(request, "validation-error", detail, 422, errors=errors)

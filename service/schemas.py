@@ -5,10 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    field_validator,
+)
 
 from compressors import METHODS
-from service.spec import METHODS_NAMES, SpecBase, spec_class
+from service.spec import METHODS_NAMES, CompressionSpec, Integer, SpecBase, integral, spec_class
+
+RETRAINING = frozenset(name for name, method in METHODS.items() if method.retrains)
 
 T = TypeVar("T")
 
@@ -57,7 +68,7 @@ class DatasetRecord(BaseModel):
 
 
 class BuiltinDataset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     builtin: Literal["digits"]
 
 
@@ -78,25 +89,58 @@ else:
 
 
 class SweepTraining(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(5, ge=1, le=1000)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    epochs: Integer = Field(5, ge=1, le=1000)
     lr: float = Field(1e-3, gt=0, le=10)
-    batch_size: int = Field(64, ge=1, le=65536)
-    finetune_epochs: int = Field(0, ge=0, le=1000)
+    batch_size: Integer = Field(64, ge=1, le=65536)
+    finetune_epochs: Integer = Field(0, ge=0, le=1000)
 
 
-class SweepCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model_id: str = Field(min_length=1, max_length=40)
-    dataset_id: str = Field(min_length=1, max_length=40)
-    methods: list[Literal[METHODS_NAMES]] = Field(min_length=1, max_length=len(METHODS_NAMES))  # type: ignore[valid-type]
+MethodName = Literal[METHODS_NAMES]  # type: ignore[valid-type]
+Strengths = list[Annotated[float, Field(ge=0, le=1e6)]]
+
+
+class SweepSpec(BaseModel):
+    """A sweep as its job record shows it: methods × targets, or a strength grid per method."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    methods: list[MethodName] = Field(
+        min_length=1, max_length=len(METHODS), json_schema_extra={"uniqueItems": True}
+    )
     targets: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(None, min_length=1, max_length=20)
-    strengths: dict[str, list[Annotated[float, Field(ge=0, le=1e6)]]] = Field(default_factory=dict)
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+    strengths: dict[str, Strengths] = Field(
+        default_factory=dict,
+        description="a strength grid per retraining method (svd and prune take none)",
+        json_schema_extra={"propertyNames": {"enum": list[JsonValue](sorted(RETRAINING))}},
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(integral)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=5
     )
     training: SweepTraining = Field(default_factory=SweepTraining)
     latency: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _each_method_once(cls, methods: list[str]) -> list[str]:
+        repeated = sorted({m for m in methods if methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"list each method once; repeated: {', '.join(repeated)}")
+        return methods
+
+    @field_validator("strengths")
+    @classmethod
+    def _retraining_methods_only(cls, strengths: dict[str, Strengths]) -> dict[str, Strengths]:
+        unknown = sorted(set(strengths) - RETRAINING)
+        if unknown:
+            raise ValueError(
+                f"no strength grid for {', '.join(unknown)}: strengths take {', '.join(sorted(RETRAINING))}"
+            )
+        return strengths
+
+
+class SweepCreate(SweepSpec):
+    model_id: str = Field(min_length=1, max_length=40)
+    dataset_id: str = Field(min_length=1, max_length=40)
 
 
 class Progress(BaseModel):
@@ -107,17 +151,25 @@ class Progress(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+# the stored problem as is: its schema is the API's one Problem (service/problems.py), by reference
+StoredProblem = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/Problem"}, {"type": "null"}]}),
+]
+ArtifactName = Literal["model.onnx", "report.json", "curve.png", "curve.csv", "curve.json"]
+
+
 class JobRecord(BaseModel):
     id: str
     kind: Literal["job", "sweep"]
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model_id: str
     dataset_id: str | None
-    spec: dict[str, Any]
+    spec: CompressionSpec | SweepSpec = Field(description="a compression job's spec, or a sweep's")
     progress: Progress
-    error: dict[str, Any] | None
+    error: StoredProblem = Field(description="why the job failed (a problem, as API errors are); else null")
     attempts: int
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
-    artifacts: list[str] = Field(default_factory=list, description="names for /artifacts/{name}")
+    artifacts: list[ArtifactName] = Field(default_factory=list, description="names for /artifacts/{name}")

@@ -4,22 +4,47 @@ A discriminated union keyed by ``method``, one member per registered method
 (``compressors.METHODS``): its rank rules, default rule and default ``strength`` come from
 the method's registry entry. Strengths mean different things per method (λ of a nuclear
 norm, a weight-decay coefficient, an l1 or group-lasso λ, a KL weight); the defaults were
-chosen on the digits review (docs/review.md).
+chosen on the digits review (docs/review.md). Validation is strict: JSON types as the
+OpenAPI document states them (`true`, not `1`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from compressors import METHODS, Energy, InvalidSpec, Method, RankRule, Target, TrainConfig
+from compressors import METHODS, RULES, Energy, InvalidSpec, Method, RankRule, Target, TrainConfig
+
+RANK_KEYS = RULES
+
+
+def integral(value: object) -> object:
+    # JSON Schema counts 5.0 as an integer, which strict validation alone would refuse
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(integral)]  # bounds go first inside a list (see batches)
+
+
+def _given(*keys: str) -> dict:
+    """JSON Schema for "one of ``keys`` is given" (present and a number, not null)."""
+    branches = [{"type": "object", "required": [k], "properties": {k: {"type": "number"}}} for k in keys]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def _exactly_one(*keys: str) -> dict:
+    """JSON Schema for "exactly one of ``keys`` is given", said with ``not`` only (neither two
+    nor none), so that the OpenAPI document states the rule the validators below enforce while
+    client generators, which ignore ``not``, still see one object with optional fields."""
+    pairs = [{"allOf": [_given(a), _given(b)]} for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    return {"not": {"anyOf": [*pairs, {"not": _given(*keys)}]}}
 
 
 class RankSpec(BaseModel):
     """Exactly one of: per-layer energy, or a whole-model target ratio."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one(*RANK_KEYS))
 
     energy: float | None = Field(None, gt=0.0, le=1.0, description="keep >= this share of Σσ² per layer")
     target_macs: float | None = Field(None, gt=0.0, lt=1.0, description="MACs after / before, whole model")
@@ -45,10 +70,10 @@ class RankSpec(BaseModel):
 
 
 class TrainingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    epochs: int = Field(5, ge=1, le=1000, description="regularized training epochs")
-    batch_size: int = Field(64, ge=1, le=65536)
+    epochs: Integer = Field(5, ge=1, le=1000, description="regularized training epochs")
+    batch_size: Integer = Field(64, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0.0, le=10.0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine decays the step size (and nuclear's prox threshold) to 0"
@@ -59,9 +84,9 @@ class TrainingSpec(BaseModel):
     strength_ramp: float = Field(
         0.0, ge=0.0, le=1.0, description="nuclear: share of training over which λ rises from 0"
     )
-    finetune_epochs: int = Field(0, ge=0, le=1000, description="epochs on the compressed model")
+    finetune_epochs: Integer = Field(0, ge=0, le=1000, description="epochs on the compressed model")
     distill: bool = Field(False, description="distill from the original (always on without labels)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Integer = Field(0, ge=0, le=2**31 - 1)
 
     def config(self) -> TrainConfig:
         return TrainConfig(**{name: getattr(self, name) for name in _TRAIN_CONFIG_FIELDS})
@@ -81,15 +106,17 @@ _TRAIN_CONFIG_FIELDS = (
 
 
 class EvaluationSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     latency: bool = True
-    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads for latency")
-    batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1, 32], max_length=4)
+    threads: Integer = Field(1, ge=1, le=64, description="onnxruntime intra-op threads for latency")
+    batches: list[Annotated[int, Field(ge=1, le=4096), BeforeValidator(integral)]] = Field(
+        default_factory=lambda: [1, 32], max_length=4
+    )
 
 
 class SpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     method: str
     rank: RankSpec | None
@@ -114,17 +141,30 @@ class SpecBase(BaseModel):
         return self
 
 
+def _schema_extra(method: Method) -> Any:
+    def extra(schema: dict) -> None:
+        # the union is told apart by `method`, so a request must send it; its default only names
+        # the class. What shrinks is there for clients that check their method list against it.
+        schema["required"] = ["method", *[k for k in schema.get("required", []) if k != "method"]]
+        schema["x-shrinks"] = method.shrinks
+
+    return extra
+
+
 def spec_class(method: Method, base: type[BaseModel] = SpecBase, suffix: str = "Spec") -> type[BaseModel]:
     """The job spec of one method: ``method`` fixed to its name, ``rank`` defaulted to its rule."""
     rank: Any
+    others = [key for key in RANK_KEYS if key not in method.rules]
+    # the rules this method refuses, stated in the schema with `not` (generators ignore it)
+    refused: dict[str, Any] = {"json_schema_extra": {"not": _given(*others)}} if others else {}
     if method.default_rule is None:
         rank = (
             RankSpec | None,
-            Field(None, description=f"{' or '.join(method.rules)}, or none: {method.summary}"),
+            Field(None, description=f"{' or '.join(method.rules)}, or none: {method.summary}", **refused),
         )
     else:
         default = dict(method.default_rule)
-        rank = (RankSpec, Field(default_factory=lambda: RankSpec(**default)))
+        rank = (RankSpec, Field(default_factory=lambda: RankSpec(**default), **refused))
     cls: type[BaseModel] = create_model(  # type: ignore[call-overload]
         "".join(part.capitalize() for part in method.name.split("_")) + suffix,
         __base__=base,
@@ -133,8 +173,7 @@ def spec_class(method: Method, base: type[BaseModel] = SpecBase, suffix: str = "
         method=(Literal[method.name], method.name),  # type: ignore[arg-type, valid-type]
         rank=rank,
     )
-    # what shrinks, for clients that check their method list against the OpenAPI document
-    cls.model_config = {**cls.model_config, "json_schema_extra": {"x-shrinks": method.shrinks}}
+    cls.model_config = {**cls.model_config, "json_schema_extra": _schema_extra(method)}
     cls.model_rebuild(force=True)
     return cls
 

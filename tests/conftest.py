@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def digits_mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained 64-128-10 MLP, dynamo-exported with a symbolic batch: .onnx + .onnx.data."""
+    torch.manual_seed(0)  # the initial weights too: the trained model is the same every run
     model = digits.DigitsMLP(hidden=(128,))
     digits.train_digits(model, image=False, epochs=8)
     return digits.export(model, torch.zeros(2, 64), tmp_path_factory.mktemp("mlp") / "mlp.onnx")
@@ -26,6 +27,7 @@ def digits_mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_cnn_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained digits CNN, dynamo-exported and zipped with its external data."""
+    torch.manual_seed(0)  # the initial weights too: the trained model is the same every run
     model = digits.DigitsCNN(width=8)
     digits.train_digits(model, image=True, epochs=5)
     folder = tmp_path_factory.mktemp("cnn")

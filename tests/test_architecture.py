@@ -84,7 +84,9 @@ def test_the_front_door_lists_only_what_resolves() -> None:
 def test_every_registered_method_is_a_job_spec_and_an_openapi_enum_member() -> None:
     schema = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"]
     jobs = {
-        s["properties"]["method"]["const"]: s for s in schema.values() if "method" in s.get("properties", {})
+        s["properties"]["method"]["const"]: s
+        for s in schema.values()
+        if "const" in s.get("properties", {}).get("method", {})
     }
     assert set(jobs) == set(METHODS)
     assert schema["SweepCreate"]["properties"]["methods"]["items"]["enum"] == list(METHODS)

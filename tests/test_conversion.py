@@ -164,6 +164,7 @@ def _torchscript_export(model: torch.nn.Module, example: torch.Tensor, path: Pat
 
 @pytest.fixture(scope="module")
 def trained_cnn() -> digits.DigitsCNN:
+    torch.manual_seed(0)  # the initial weights too: the trained model is the same every run
     model = digits.DigitsCNN(width=8)
     digits.train_digits(model, image=True, epochs=4)
     return model

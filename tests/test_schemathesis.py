@@ -6,9 +6,10 @@ The stateful run chains operations through the links schemathesis infers from th
 document (an ``id`` a create returns feeds the ``{..._id}`` of a get, cancel, events...)
 and through ids it has seen in list responses.
 
-What is seeded: one tenant key, and one small valid model (fuzzed uploads are never valid
-ONNX, and without a model no job can be created), so the stateful run can create, read,
-list and cancel real jobs. No worker runs: jobs stay queued until cancelled.
+What is seeded: one tenant key, one small valid model (fuzzed uploads are never valid
+ONNX, and without a model no job can be created), one job and one built-in dataset, so the
+stateful run can create, read, list and cancel real jobs. No worker runs: jobs stay queued
+until cancelled.
 
 The schema is loaded at import: ``schemathesis.pytest.from_fixture`` cannot run under
 pytest 9.2 (it sets ``node._nodeid``, which pytest 9.2 no longer has).
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import hypothesis
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from schemathesis import Case, Response
@@ -35,13 +38,17 @@ from tests import builders
 MAX_EXAMPLES = 40  # per operation and phase
 STATEFUL_EXAMPLES = 80
 
-# Every built-in check but positive_data_acceptance: that one expects any schema-valid body
-# to be accepted, which a service that validates uploads (is this ONNX?) and cross-field rules
-# (exactly one of energy / target_macs / target_params) cannot promise.
-CHECKS = {
-    "enabled": True,
-    "positive_data_acceptance": {"enabled": False},
-}
+# Every built-in check. A schema cannot say what a valid ONNX model or .npz file is, so an upload
+# that is schema-valid may still be refused for its content (422 model-rejected / dataset-rejected);
+# everything else the schema allows must be accepted (2xx, or 404 for an id that does not exist).
+CHECKS = {"enabled": True}
+UPLOADS = [
+    {
+        "include-operation-id": operation,
+        "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "404", "422"]}},
+    }
+    for operation in ("models-create", "datasets-create")
+]
 
 _DATA = tempfile.TemporaryDirectory(prefix="modelpress-fuzz-")  # removed when pytest exits
 SETTINGS = Settings(data_dir=Path(_DATA.name), max_model_bytes=1 << 20, max_dataset_bytes=1 << 20)
@@ -59,6 +66,8 @@ def _seed(settings: Settings) -> str:
         spec = {"model_id": response.json()["id"], "method": "svd", "rank": {"energy": 0.9}}
         response = client.post("/v1/jobs", json=spec)
         assert response.status_code == 202, response.text
+        response = client.post("/v1/datasets", json={"builtin": "digits"})
+        assert response.status_code == 201, response.text
     return token
 
 
@@ -73,6 +82,7 @@ CONFIG = schemathesis.Config.from_dict(
             "database": "none",
         },
         "checks": CHECKS,
+        "operations": UPLOADS,
         # /events of a queued job streams until the job ends; the first event is enough here
         "max-stream-events": 1,
         "request-timeout": 5,
@@ -81,8 +91,23 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
 
 
+CASES: Counter[str] = Counter()  # requests sent, by test
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and CASES:
+        counts = ", ".join(f"{n} {name}" for name, n in CASES.items())
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"schemathesis: {sum(CASES.values())} cases ({counts})")
+
+
 @schema.parametrize()
 def test_api_conforms_to_its_schema(case: Case) -> None:
+    CASES["stateless"] += 1
     case.call_and_validate()
 
 
@@ -93,6 +118,7 @@ def test_stateful_sequences_conform() -> None:
         def after_call(self, response: Response, case: Case) -> None:
             super().after_call(response, case)
             calls[case.operation.label, response.status_code] += 1
+            CASES["stateful"] += 1
 
     Workflow.run(
         settings=hypothesis.settings(
@@ -106,10 +132,9 @@ def test_stateful_sequences_conform() -> None:
     )
     ok = {label for (label, status), _ in calls.items() if status < 300}
     print("stateful coverage (operation, status): count", dict(sorted(calls.items())))
-    # the run got past validation: it created datasets and used real ids of datasets, models
-    # and jobs (from create and list responses) in the operations that take them
+    # the run got past validation: it used real ids of datasets, models and jobs (from create
+    # and list responses) in the operations that take them
     reached = {
-        "POST /v1/datasets",
         "GET /v1/datasets/{dataset_id}",
         "GET /v1/models/{model_id}",
         "GET /v1/jobs/{job_id}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 import zipfile
@@ -13,34 +14,51 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
 
 from compressors import HOLDOUT, MAX_DATASET_BYTES, DatasetRejected
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
-from service.models import StoredDataset
+from service.models import StoredDataset, Tenant
 from service.problems import Problem
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
-from service.store import stream_to_file
+from service.settings import Settings
+from service.store import ArtifactStore, stream_to_file
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
+MAX_FORM_FIELDS = 16  # extra form fields are ignored, as /v1/models ignores them
+_BUILTIN = {"type": "string", "enum": ["digits"], "description": "a dataset the server ships with"}
+_NPZ = {
+    "type": "string",
+    "format": "binary",
+    "contentMediaType": "application/octet-stream",
+    "description": ".npz with x (and y, x_val, y_val); never unpickled",
+}
+# One content type only: generated clients mishandle an operation with two request bodies
+# (openapi-python-client emits a module that does not import). The JSON form
+# {"builtin": "digits"} is still accepted, as the description says.
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
+                    "title": "DatasetUpload",
+                    "description": "exactly one of `file` or `builtin`",
                     "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {"file": _NPZ, "builtin": _BUILTIN},
                 }
             },
-            # inline: a model only named here never reaches components/schemas
-            "application/json": {"schema": BuiltinDataset.model_json_schema()},
         },
     },
     "responses": {"415": {"description": "neither multipart/form-data nor application/json"}},
 }
+_DESCRIPTION = (
+    "Upload an .npz as multipart field `file`, or name a built-in set in field `builtin`. "
+    'The JSON body `{"builtin": "digits"}` is accepted too.'
+)
 
 
 def record(dataset: StoredDataset) -> DatasetRecord:
@@ -92,36 +110,37 @@ def describe_npz(path: Path) -> dict[str, Any]:
     }
 
 
-@router.post(
-    "", status_code=201, response_model=DatasetRecord, operation_id="datasets-create", openapi_extra=_BODY
-)
-async def create_dataset(
-    request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, store: StoreDep
-) -> DatasetRecord:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        try:
-            body = BuiltinDataset.model_validate_json(await request.body())
-        except ValueError as exc:
-            raise Problem("validation-error", 'send {"builtin": "digits"} or upload an .npz file.') from exc
-        digest = hashlib.sha256(b"builtin:" + body.builtin.encode()).hexdigest()
-        dataset = StoredDataset(
-            tenant_id=tenant.id,
-            name=body.builtin,
-            builtin=body.builtin,
-            sha256=digest,
-            size_bytes=0,
-            info={"samples": 1797, "sample_shape": [64], "labelled": True, "validation_samples": 359},
-        )
-        session.add(dataset)
-        session.commit()
-        return record(dataset)
-    if not content_type.startswith("multipart/form-data"):
-        raise Problem("unsupported-media-type", "upload an .npz as multipart field 'file', or send JSON.")
-    form = await request.form(max_files=1, max_fields=0, max_part_size=settings.max_dataset_bytes)
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise Problem("validation-error", "the multipart body needs a file in field 'file'.")
+def _builtin(session: Session, tenant: Tenant, name: object) -> StoredDataset:
+    if name != "digits":
+        raise Problem("validation-error", f"no built-in dataset {name!r}; the server offers: digits.")
+    digest = hashlib.sha256(b"builtin:" + name.encode()).hexdigest()
+    dataset = StoredDataset(
+        tenant_id=tenant.id,
+        name=name,
+        builtin=name,
+        sha256=digest,
+        size_bytes=0,
+        info={"samples": 1797, "sample_shape": [64], "labelled": True, "validation_samples": 359},
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def _builtin_from_json(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise Problem("bad-request", "the body is not valid JSON; send a JSON object.") from exc
+    try:
+        return BuiltinDataset.model_validate(data).builtin
+    except ValueError as exc:
+        raise Problem("validation-error", 'send {"builtin": "digits"} or upload an .npz file.') from exc
+
+
+async def _store_npz(
+    upload: UploadFile, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
+) -> StoredDataset:
     staging = Path(tempfile.mkdtemp(dir=store.tmp_dir()))
     try:
         target = staging / "data.npz"
@@ -145,10 +164,41 @@ async def create_dataset(
         session.flush()
         store.publish(target, store.folder(tenant.id, "datasets", dataset.id) / "data.npz")
         session.commit()
+        return dataset
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetRecord,
+    operation_id="datasets-create",
+    openapi_extra=_BODY,
+    description=_DESCRIPTION,
+)
+async def create_dataset(
+    request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, store: StoreDep
+) -> DatasetRecord:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return record(_builtin(session, tenant, _builtin_from_json(await request.body())))
+    if not content_type.startswith("multipart/form-data"):
+        raise Problem("unsupported-media-type", "upload an .npz as multipart field 'file', or send JSON.")
+    form = await request.form(
+        max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=settings.max_dataset_bytes
+    )
+    try:
+        upload, builtin = form.get("file"), form.get("builtin")
+        if (upload is None) == (builtin is None):
+            raise Problem("validation-error", "send exactly one of 'file' (an .npz) or 'builtin' (digits).")
+        if builtin is not None:
+            return record(_builtin(session, tenant, builtin))
+        if not isinstance(upload, UploadFile):
+            raise Problem("validation-error", "field 'file' must be a file part holding an .npz.")
+        return record(await _store_npz(upload, tenant, session, settings, store))
+    finally:
         await form.close()
-    return record(dataset)
 
 
 @router.get("", response_model=Page[DatasetRecord], operation_id="datasets-list")

@@ -18,8 +18,10 @@ from service.db import session_scope
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant
 from service.problems import Problem
+from service.report_schema import JobReport
 from service.routes import paginate
-from service.schemas import JobCreate, JobRecord, Page, Progress, SweepCreate
+from service.schemas import ArtifactName, JobCreate, JobRecord, Page, Progress, SweepCreate
+from service.spec import CompressionSpec
 from service.store import ARTIFACT_NAMES, ArtifactStore
 
 router = APIRouter(tags=["jobs"])
@@ -179,10 +181,16 @@ def get_sweep(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store
 
 
 @router.post(
-    "/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobRecord, operation_id="jobs-cancel"
+    "/v1/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobRecord,
+    operation_id="jobs-cancel",
+    responses={409: {"description": "the job has already finished (problem type job-finished)"}},
 )
 def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> JobRecord:
     job = _owned(session, tenant, job_id)
+    if job.status in TERMINAL:
+        raise Problem("job-finished", f"job '{job_id}' already {job.status}; there is nothing to cancel.")
     if job.status == "queued":
         job.status, job.progress = "cancelled", {"stage": "cancelled"}
     elif job.status == "running":
@@ -199,8 +207,9 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
         200: {
             "content": {
                 "text/event-stream": {
-                    # one event (OpenAPI 3.2 itemSchema, as FastAPI's own SSE routes document it)
-                    "itemSchema": {
+                    # one event; OpenAPI 3.1 has no itemSchema (3.2), so `schema` describes each
+                    # event, as schemathesis reads it for documents before 3.2
+                    "schema": {
                         "type": "object",
                         "required": ["event", "data"],
                         "properties": {
@@ -268,7 +277,7 @@ def _artifact(job: Job, store: ArtifactStore, name: str) -> FileResponse:
     "/v1/jobs/{job_id}/report",
     operation_id="jobs-report",
     response_class=FileResponse,
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NOT_READY},
+    responses={200: {"model": JobReport}, **_NOT_READY},
 )
 def job_report(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep) -> FileResponse:
     return _artifact(_owned(session, tenant, job_id), store, "report.json")
@@ -285,13 +294,20 @@ def job_report(job_id: str, tenant: CurrentTenant, session: ReadSessionDep, stor
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
                 "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobReport"}},
             },
         },
         **_NOT_READY,
     },
 )
 def job_artifact(
-    job_id: str, name: str, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep
+    job_id: str, name: ArtifactName, tenant: CurrentTenant, session: ReadSessionDep, store: StoreDep
 ) -> FileResponse:
     return _artifact(_owned(session, tenant, job_id), store, name)
+
+
+@router.post("/v1/jobs/validate", response_model=CompressionSpec, operation_id="jobs-validate")
+def validate_spec(spec: CompressionSpec, tenant: CurrentTenant) -> CompressionSpec:
+    """Check a job spec alone, before uploading anything; the answer fills in every default.
+    It needs a key like every /v1 call (``tenant``), so a client learns of a bad token here too."""
+    return spec

@@ -1,8 +1,11 @@
-"""``modelpress-client`` as CI runs it (stderr a pipe), on real jobs: exit codes 0, 1, 2, 3."""
+"""``modelpress-client`` as CI runs it (stderr a pipe), on real jobs: exit codes 0, 1, 2, 3, 130,
+and the JUnit file and JSON that every one of them leaves."""
 
 from __future__ import annotations
 
 import json
+import signal
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,8 @@ import onnx
 import pytest
 from modelpress_client import Client
 
-from tests.client.conftest import client_cli
-from tests.harness import Service
+from tests.client.conftest import client_cli, client_process
+from tests.harness import Service, free_port
 
 
 def _junit(path: Path) -> dict[str, Any]:
@@ -185,3 +188,138 @@ def test_debug_logging_only_with_modelpress_log(server: Service, token: str) -> 
     assert loud.returncode == 0
     assert "GET " in loud.stderr and "/v1/jobs" in loud.stderr and "request id" in loud.stderr
     assert token not in loud.stderr
+
+
+def test_submit_bundles_the_external_data_of_a_dynamo_export(
+    server: Service, token: str, digits_mlp_onnx: Path
+) -> None:
+    data_file = digits_mlp_onnx.with_name(digits_mlp_onnx.name + ".data")
+    assert data_file.is_file()  # what torch.onnx.export(..., dynamo=True) wrote beside the graph
+    run = client_cli(
+        "submit", str(digits_mlp_onnx), "--data", "digits", "--method", "svd", "--energy", "0.9",
+        "--no-latency", "--min-params-reduction", "1.0", "--json",
+        url=server.url, token=token,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (line,) = run.stderr.splitlines()
+    assert f"{data_file.name}; uploading them together as mlp.zip" in line
+    assert json.loads(run.stdout)["job"]["status"] == "succeeded"
+
+
+def test_a_bad_spec_is_refused_before_anything_is_uploaded(
+    server: Service, token: str, digits_cnn_zip: Path, tmp_path: Path
+) -> None:
+    with Client(server.url, token) as client:
+        models_before = sum(1 for _ in client.models.iter())
+    junit = tmp_path / "gates.xml"
+    run = client_cli(
+        "submit", str(digits_cnn_zip), "--data", "digits", "--method", "prune", "--target-macs", "0.5",
+        "--wait", "--junit", str(junit),
+        url=server.url, token=token,
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr  # the server CLI's code for the same spec
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("modelpress-client: the job spec is invalid: prune: ") and "target_params" in line
+    with Client(server.url, token) as client:
+        assert sum(1 for _ in client.models.iter()) == models_before  # nothing was uploaded
+    assert _junit(junit)["errors"] == 1
+
+
+def test_gate_applies_gates_and_outputs_to_an_existing_job(
+    server: Service, token: str, finished_job: str, tmp_path: Path
+) -> None:
+    out, report, junit = tmp_path / "small.onnx", tmp_path / "report.json", tmp_path / "gates.xml"
+    run = client_cli(
+        "gate", finished_job, "--min-params-reduction", "1.0", "--out", str(out), "--report", str(report),
+        "--junit", str(junit), "--json",
+        url=server.url, token=token,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["exit_code"] == 0 and result["job"]["id"] == finished_job
+    assert result["files"] == {"model": str(out), "report": str(report), "junit": str(junit)}
+    assert onnx.load(out).graph.node and json.loads(report.read_text())["method"] == "svd"
+    assert _junit(junit)["tests"] == 1 and _junit(junit)["failures"] == 0
+
+    failing = client_cli(
+        "gate", finished_job, "--min-macs-reduction", "100", "--junit", str(junit),
+        url=server.url, token=token,
+    )  # fmt: skip
+    assert failing.returncode == 1, failing.stderr
+    assert "gate failed: min-macs-reduction" in failing.stderr
+    assert _junit(junit)["failures"] == 1
+
+
+def _failure_outputs(run: Any, junit: Path, code: int) -> dict[str, Any]:
+    assert run.returncode == code, run.stderr
+    assert len(run.stderr.strip().splitlines()) >= 1 and "Traceback" not in run.stderr
+    parsed = _junit(junit)
+    assert parsed["errors"] == 1 and parsed["cases"]["job"].find("error") is not None
+    result: dict[str, Any] = json.loads(run.stdout)
+    assert result["exit_code"] == code and result["error"]["message"]
+    return result
+
+
+def test_every_failure_before_the_job_writes_junit_and_json(
+    server: Service, token: str, digits_cnn_zip: Path, tmp_path: Path
+) -> None:
+    junk = tmp_path / "random.onnx"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    down = f"http://127.0.0.1:{free_port()}"
+    both = [str(digits_cnn_zip), "--energy", "1", "--target-macs", "1"]
+    cases = [
+        ("wrong token", [str(digits_cnn_zip)], server.url, "mp_wrong", 3, "unauthorized"),
+        ("server down", [str(digits_cnn_zip)], down, token, 2, "connection"),
+        ("rejected upload", [str(junk)], server.url, token, 2, "model-rejected"),
+        ("usage", both, server.url, token, 3, "usage"),
+    ]  # fmt: skip
+    for name, args, url, key, code, kind in cases:
+        junit = tmp_path / name / "gates.xml"
+        run = client_cli(
+            "submit", *args, "--data", "digits", "--method", "svd", "--wait", "--min-macs-reduction", "2",
+            "--junit", str(junit), "--json",
+            url=url, token=key,
+        )  # fmt: skip
+        result = _failure_outputs(run, junit, code)
+        assert result["error"]["kind"] == kind, (name, result)
+        assert _junit(junit)["cases"]["min-macs-reduction"].find("skipped") is not None, name
+
+
+def test_ctrl_c_prints_the_job_id_and_how_to_resume(
+    server: Service, token: str, digits_cnn_zip: Path, tmp_path: Path
+) -> None:
+    junit = tmp_path / "gates.xml"
+    with Client(server.url, token) as client:
+        before = {j.id for j in client.jobs.iter()}
+        process = client_process(
+            "submit", str(digits_cnn_zip), "--data", "digits", "--method", "nuclear", "--epochs", "200",
+            "--wait", "--min-macs-reduction", "2", "--junit", str(junit), "--json",
+            url=server.url, token=token,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (created := [j for j in client.jobs.iter() if j.id not in before]):
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the wait
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        (job,) = created
+        try:
+            assert process.returncode == 130, stderr
+            (line,) = stderr.splitlines()
+            assert f"job {job.id} keeps running" in line
+            assert f"modelpress-client gate {job.id} --min-macs-reduction 2.0 --junit {junit}" in line
+            assert f"modelpress-client cancel {job.id}" in line
+            assert client.jobs.get(job.id).status in ("queued", "running")  # left running, as it says
+            assert json.loads(stdout)["job_id"] == job.id and json.loads(stdout)["exit_code"] == 130
+            assert _junit(junit)["errors"] == 1
+        finally:
+            client.jobs.cancel(job.id)
+
+
+def test_cancelling_a_finished_job_exits_2_and_says_so(
+    server: Service, token: str, finished_job: str
+) -> None:
+    run = client_cli("cancel", finished_job, url=server.url, token=token)
+    assert run.returncode == 2
+    assert "409 job-finished" in run.stderr and "already succeeded" in run.stderr

@@ -18,13 +18,17 @@ from modelpress_client import (
     APIConnectionError,
     APITimeoutError,
     Client,
+    ConflictError,
     DatasetRejected,
+    JobFinished,
     ModelRejected,
     NotFoundError,
+    NotReady,
     RateLimited,
     ServerError,
     ServiceUnavailable,
     WaitTimeout,
+    resources,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -323,3 +327,60 @@ def test_a_download_that_breaks_off_is_restarted_and_never_left_half_written(tmp
     client, sleeps = _client(handler, max_retries=2)
     assert client.jobs.download("job_x", "model.onnx", target) == target
     assert target.read_bytes() == whole and len(attempts) == 3 and len(sleeps) == 2
+
+
+def test_a_409_that_states_the_jobs_state_is_not_retried() -> None:
+    calls: list[httpx.Request] = []
+
+    def answer(kind: str) -> Callable[[httpx.Request], httpx.Response]:
+        def handler(request: httpx.Request) -> httpx.Response:
+            calls.append(request)
+            return _problem(409, kind)
+
+        return handler
+
+    for kind, error, attempts in (
+        ("not-ready", NotReady, 1),  # the report of a running job: asking again changes nothing
+        ("job-finished", JobFinished, 1),
+        ("lock-timeout", ConflictError, 3),  # a conflict that is not a job's state may pass
+    ):
+        calls.clear()
+        client, sleeps = _client(answer(kind))
+        with pytest.raises(error):
+            client.jobs.report("job_x")
+        assert len(calls) == attempts and len(sleeps) == attempts - 1, kind
+
+
+def _flaky_job_server(outage: int, job: dict[str, Any]) -> Callable[[httpx.Request], httpx.Response]:
+    """The event stream is gone, and the first ``outage`` GETs of the job find no server."""
+    polls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            raise httpx.ConnectError("connection refused")
+        polls.append(1)
+        if len(polls) <= outage:
+            raise httpx.ConnectError("connection refused")
+        status = "running" if len(polls) == outage + 1 else "succeeded"
+        return httpx.Response(200, json={**job, "status": status})
+
+    return handler
+
+
+JOB = {"id": "job_x", "model_id": "mdl_x", "created_at": "2026-01-01T00:00:00Z"}
+
+
+def test_wait_rides_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "OUTAGE_POLL", 0.01)
+    client, _ = _client(_flaky_job_server(outage=12, job=JOB))  # 12 refused GETs: 4 polls' retries
+    done = client.jobs.wait("job_x", poll_interval=0.01)
+    assert done.status == "succeeded"
+
+
+def test_wait_gives_up_on_an_unreachable_server_at_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "OUTAGE_POLL", 0.01)
+    client, _ = _client(_flaky_job_server(outage=10**9, job=JOB))
+    started = time.monotonic()
+    with pytest.raises(APIConnectionError):
+        client.jobs.wait("job_x", timeout=0.5, poll_interval=0.01)
+    assert 0.5 <= time.monotonic() - started < 5

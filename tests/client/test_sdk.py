@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -27,7 +28,9 @@ def test_upload_submit_wait_report_download(
     server: Service, token: str, digits_cnn_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: list[Job] = []
-    with Client(server.url, token) as client:
+    sent: list[str] = []
+    recorder = httpx.Client(event_hooks={"request": [lambda r: sent.append(f"{r.method} {r.url.path}")]})
+    with Client(server.url, token, http_client=recorder) as client:
         model = client.models.upload(digits_cnn_zip)
         assert model.retrainable and model.eligible_layers and model.macs > 0
         assert client.models.get(model.id) == model
@@ -36,11 +39,15 @@ def test_upload_submit_wait_report_download(
         job = client.jobs.create(model.id, "svd", dataset.id, rank={"target_macs": 0.5})
         assert job.status == "queued" and job.spec["rank"]["target_macs"] == 0.5
 
+        sent.clear()
         done = client.jobs.wait(job.id, progress=True, timeout=300, on_update=seen.append)
 
         assert done.status == "succeeded" and done.done
         assert {"model.onnx", "report.json"} <= set(done.artifacts)
-        assert seen[-1] == done and len(seen) >= 2  # followed the stream, not one final look
+        # it followed the event stream to the end: one request, every state from it, no polling
+        # (the fallback would also see several states, but only by asking for the job again)
+        assert sent == [f"GET /v1/jobs/{job.id}/events"], sent
+        assert seen[-1] == done and len(seen) >= 2
         report = client.jobs.report(job.id)
         assert report["method"] == "svd"
         assert abs(report["ratios"]["macs"] - 0.5) <= 0.02

@@ -8,9 +8,11 @@ Example::
         model = client.models.upload("model.onnx")
         job = client.jobs.create(model.id, "svd", rank={"energy": 0.9})
         job = client.jobs.wait(job.id)
+
+``AsyncClient`` offers the same resources to an event loop (``await client.jobs.wait(...)``).
 """
 
-from modelpress_client._client import Client
+from modelpress_client._client import AsyncClient, Client
 from modelpress_client._version import __version__
 from modelpress_client.errors import (
     APIConnectionError,
@@ -25,6 +27,7 @@ from modelpress_client.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidSpec,
+    JobFinished,
     ModelpressError,
     ModelRejected,
     ModelTooLarge,
@@ -49,6 +52,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -60,6 +64,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidSpec",
     "Job",
+    "JobFinished",
     "Model",
     "ModelRejected",
     "ModelTooLarge",

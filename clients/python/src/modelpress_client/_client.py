@@ -8,13 +8,33 @@ from types import TracebackType
 import httpx
 
 from modelpress_client import errors
-from modelpress_client._http import Transport, configure_logging
+from modelpress_client._async import AsyncDatasets, AsyncJobs, AsyncModels, AsyncSweeps
+from modelpress_client._http import AsyncTransport, Transport, configure_logging
 from modelpress_client._version import __version__
 from modelpress_client.resources import Datasets, Jobs, Models, Sweeps
 
 DEFAULT_URL = "http://127.0.0.1:8000"  # where `modelpress serve` listens by default
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 DEFAULT_MAX_RETRIES = 2
+
+
+def _settings(url: str | None, token: str | None, max_retries: int) -> tuple[str, dict[str, str]]:
+    """The base URL and the headers every request carries, from the arguments or the environment."""
+    configure_logging()
+    url = (url or os.environ.get("MODELPRESS_URL") or DEFAULT_URL).rstrip("/")
+    token = token or os.environ.get("MODELPRESS_TOKEN")
+    if not token:
+        raise errors.ConfigurationError(
+            "no API token: pass token= or set MODELPRESS_TOKEN (create one with `modelpress create-key`)."
+        )
+    if max_retries < 0:
+        raise ValueError("max_retries must be 0 or more")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "User-Agent": f"modelpress-client/{__version__}",
+    }
+    return url, headers
 
 
 class Client:
@@ -47,21 +67,8 @@ class Client:
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.Client | None = None,
     ) -> None:
-        configure_logging()
-        self.url = (url or os.environ.get("MODELPRESS_URL") or DEFAULT_URL).rstrip("/")
-        token = token or os.environ.get("MODELPRESS_TOKEN")
-        if not token:
-            raise errors.ConfigurationError(
-                "no API token: pass token= or set MODELPRESS_TOKEN (create one with `modelpress create-key`)."
-            )
-        if max_retries < 0:
-            raise ValueError("max_retries must be 0 or more")
+        self.url, headers = _settings(url, token, max_retries)
         self.max_retries = max_retries
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json",
-            "User-Agent": f"modelpress-client/{__version__}",
-        }
         if http_client is None:
             self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         else:  # e.g. a custom transport or proxy; our headers and base URL still apply
@@ -90,3 +97,61 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r})"
+
+
+class AsyncClient:
+    """:class:`Client` for an event loop: the same resources, each call awaitable.
+
+    Example::
+
+        async with AsyncClient() as client:
+            model = await client.models.upload("model.onnx")
+            job = await client.jobs.create(model.id, "svd", rank={"target_macs": 0.5})
+            job = await client.jobs.wait(job.id)
+            report = await client.jobs.report(job.id)
+    """
+
+    models: AsyncModels
+    datasets: AsyncDatasets
+    jobs: AsyncJobs
+    sweeps: AsyncSweeps
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url, headers = _settings(url, token, max_retries)
+        self.max_retries = max_retries
+        if http_client is None:
+            self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        else:
+            http_client.base_url = httpx.URL(self.url)
+            http_client.headers.update(headers)
+            self._http = http_client
+        self._transport = AsyncTransport(self._http, max_retries)
+        self.models = AsyncModels(self._transport)
+        self.datasets = AsyncDatasets(self._transport)
+        self.jobs = AsyncJobs(self._transport)
+        self.sweeps = AsyncSweeps(self._transport)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(url={self.url!r})"

@@ -1,19 +1,22 @@
 """Sending one logical request: retries with jittered backoff, ``Retry-After``, typed errors.
 
-A request is retried on connection errors, timeouts and 408/409/429/5xx answers. Callers that
+A request is retried on connection errors, timeouts and 408/409/429/5xx answers, except a 409
+that states a job's state (``not-ready``, ``job-finished``): asking again changes nothing. Callers that
 create something (jobs, sweeps) pass an ``Idempotency-Key`` header, which every retry reuses, so
 a retry after a lost answer returns the first job instead of making a second one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from modelpress_client import errors
 log = logging.getLogger("modelpress_client")
 
 RETRY_STATUSES = frozenset({408, 409, 429})
+# 409s that describe a state, not a race: the same request gets the same answer until the job moves
+STATE_CONFLICTS = frozenset({"not-ready", "job-finished", "conflict"})
 INITIAL_DELAY = 0.5  # seconds before the first retry; doubles each time
 MAX_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0  # a longer server hint is ignored in favour of our own backoff
@@ -62,7 +67,75 @@ def backoff(retry: int) -> float:
 
 
 def should_retry(response: httpx.Response) -> bool:
+    """Whether another try may get another answer (a 409's body must have been read)."""
+    if response.status_code == 409:
+        return errors.error_for(response).kind not in STATE_CONFLICTS
     return response.status_code in RETRY_STATUSES or response.status_code >= 500
+
+
+@dataclass(frozen=True)
+class Call:
+    """One logical request, as sent on every attempt."""
+
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    upload: tuple[str, Path] | None = None  # (form field, file): reopened per attempt
+    timeout: float | httpx.Timeout | None = None
+
+    @contextmanager
+    def build(self, http: httpx.Client | httpx.AsyncClient) -> Iterator[httpx.Request]:
+        extra: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
+        if self.upload is None:
+            yield http.build_request(
+                self.method, self.path, json=self.json, params=self.params, headers=self.headers, **extra
+            )
+            return
+        field, source = self.upload
+        with source.open("rb") as file:  # a retry must send the whole file again
+            files = {field: (source.name, file, "application/octet-stream")}
+            yield http.build_request(
+                self.method, self.path, params=self.params, headers=self.headers, files=files, **extra
+            )
+
+
+def connection_error(request: httpx.Request | None, exc: Exception) -> errors.APIError:
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.APITimeoutError(request)
+    return errors.APIConnectionError(request)
+
+
+def retry_delay(call: Call, response: httpx.Response, retry: int, limit: int) -> float | None:
+    """Seconds to wait before asking again after this error answer; None when it is final."""
+    if retry >= limit or not should_retry(response):
+        return None
+    delay = retry_after(response)
+    delay = backoff(retry) if delay is None else delay
+    log.debug("retrying %s %s in %.2f s (%d of %d)", call.method, call.path, delay, retry + 1, limit)
+    return delay
+
+
+def log_answer(call: Call, request: httpx.Request, response: httpx.Response, started: float) -> None:
+    log.debug(
+        "%s %s -> %s in %.0f ms (request id %s)",
+        call.method,
+        request.url,
+        response.status_code,
+        (time.monotonic() - started) * 1e3,
+        response.headers.get("x-request-id"),
+    )
+
+
+def failed_delay(call: Call, error: errors.APIError, cause: Exception, retry: int, limit: int) -> float:
+    """Seconds to wait after a connection error or timeout; raises it when retries are spent."""
+    log.debug("%s %s failed: %r", call.method, call.path, cause)
+    if retry >= limit:
+        raise error from cause
+    delay = backoff(retry)
+    log.debug("retrying %s %s in %.2f s (%d of %d)", call.method, call.path, delay, retry + 1, limit)
+    return delay
 
 
 class Transport:
@@ -73,112 +146,99 @@ class Transport:
         self.max_retries = max_retries
         self.sleep = sleep
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        upload: tuple[str, Path] | None = None,
-        timeout: float | httpx.Timeout | None = None,
-    ) -> httpx.Response:
-        """The response (body read) of a request that succeeded, after retries; else an error."""
-        return self._send(method, path, json, params, headers, upload, timeout, None, read=True)
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """The response (body read) of a request that succeeded, after retries; else an error.
+        ``options``: json, params, headers, upload (field, path), timeout."""
+        return self._send(Call(method, path, **options), self.max_retries, read=True)
 
     @contextmanager
     def stream(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        upload: tuple[str, Path] | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int | None = None,
+        self, method: str, path: str, *, max_retries: int | None = None, **options: Any
     ) -> Iterator[httpx.Response]:
         """A successful response whose body is not read yet (closed on exit)."""
-        response = self._send(method, path, json, params, headers, upload, timeout, max_retries, read=False)
+        limit = self.max_retries if max_retries is None else max_retries
+        response = self._send(Call(method, path, **options), limit, read=False)
         try:
             yield response
         finally:
             response.close()
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        json: Any,
-        params: dict[str, Any] | None,
-        headers: dict[str, str] | None,
-        upload: tuple[str, Path] | None,
-        timeout: float | httpx.Timeout | None,
-        max_retries: int | None,
-        read: bool,
-    ) -> httpx.Response:
-        limit = self.max_retries if max_retries is None else max_retries
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    def _send(self, call: Call, limit: int, read: bool) -> httpx.Response:
         retry = 0
         while True:
             request: httpx.Request | None = None
-            file = None
             try:
-                if upload is not None:
-                    # reopened per attempt: a retry must send the whole file again
-                    field, source = upload
-                    file = source.open("rb")
-                    files = {field: (source.name, file, "application/octet-stream")}
-                    request = self.http.build_request(
-                        method, path, params=params, headers=headers, files=files, **extra
-                    )
-                else:
-                    request = self.http.build_request(
-                        method, path, json=json, params=params, headers=headers, **extra
-                    )
-                started = time.monotonic()
-                response = self.http.send(request, stream=True)
-                if read:  # inside the try: a body that breaks off is retried like a lost answer
-                    try:
-                        response.read()
-                    finally:
-                        response.close()
-            except httpx.TimeoutException as exc:
-                error: errors.APIError = errors.APITimeoutError(request)
-                cause: Exception = exc
+                with call.build(self.http) as request:
+                    started = time.monotonic()
+                    response = self.http.send(request, stream=True)
+                    if read or response.status_code >= 400:
+                        try:  # a body that breaks off is retried like a lost answer
+                            response.read()
+                        finally:
+                            response.close()
             except httpx.TransportError as exc:
-                error, cause = errors.APIConnectionError(request), exc
-            else:
-                log.debug(
-                    "%s %s -> %s in %.0f ms (request id %s)",
-                    method,
-                    request.url,
-                    response.status_code,
-                    (time.monotonic() - started) * 1e3,
-                    response.headers.get("x-request-id"),
-                )
-                if response.status_code < 400:
-                    return response
-                if retry < limit and should_retry(response):
-                    delay = retry_after(response)
-                    response.close()
-                    delay = backoff(retry) if delay is None else delay
-                    log.debug("retrying %s %s in %.2f s (%d of %d)", method, path, delay, retry + 1, limit)
-                    self.sleep(delay)
-                    retry += 1
-                    continue
-                response.read()
-                response.close()
+                self.sleep(failed_delay(call, connection_error(request, exc), exc, retry, limit))
+                retry += 1
+                continue
+            log_answer(call, request, response, started)
+            if response.status_code < 400:
+                return response
+            delay = retry_delay(call, response, retry, limit)
+            if delay is None:
                 raise errors.error_for(response)
-            finally:
-                if file is not None:
-                    file.close()
-            log.debug("%s %s failed: %r", method, path, cause)
-            if retry >= limit:
-                raise error from cause
-            delay = backoff(retry)
-            log.debug("retrying %s %s in %.2f s (%d of %d)", method, path, delay, retry + 1, limit)
             self.sleep(delay)
+            retry += 1
+
+
+class AsyncTransport:
+    """The same as :class:`Transport`, over an ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        max_retries: int,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self.http = http
+        self.max_retries = max_retries
+        self.sleep = sleep
+
+    async def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        return await self._send(Call(method, path, **options), self.max_retries, read=True)
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, path: str, *, max_retries: int | None = None, **options: Any
+    ) -> AsyncIterator[httpx.Response]:
+        limit = self.max_retries if max_retries is None else max_retries
+        response = await self._send(Call(method, path, **options), limit, read=False)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send(self, call: Call, limit: int, read: bool) -> httpx.Response:
+        retry = 0
+        while True:
+            request: httpx.Request | None = None
+            try:
+                with call.build(self.http) as request:
+                    started = time.monotonic()
+                    response = await self.http.send(request, stream=True)
+                    if read or response.status_code >= 400:
+                        try:
+                            await response.aread()
+                        finally:
+                            await response.aclose()
+            except httpx.TransportError as exc:
+                await self.sleep(failed_delay(call, connection_error(request, exc), exc, retry, limit))
+                retry += 1
+                continue
+            log_answer(call, request, response, started)
+            if response.status_code < 400:
+                return response
+            delay = retry_delay(call, response, retry, limit)
+            if delay is None:
+                raise errors.error_for(response)
+            await self.sleep(delay)
             retry += 1

@@ -102,6 +102,10 @@ class NotReady(ConflictError):
     """409: the job has not produced this artifact (yet)."""
 
 
+class JobFinished(ConflictError):
+    """409: the job has already finished (e.g. cancelling it changes nothing)."""
+
+
 class PayloadTooLarge(APIStatusError):
     status = 413
 
@@ -184,6 +188,7 @@ _BY_KIND: dict[str, type[APIStatusError]] = {
     "not-found": NotFoundError,
     "conflict": ConflictError,
     "not-ready": NotReady,
+    "job-finished": JobFinished,
     "payload-too-large": PayloadTooLarge,
     "unsupported-media-type": UnsupportedMediaType,
     "validation-error": InvalidRequest,

@@ -101,14 +101,15 @@ def _latency(before: dict[str, Any], after: dict[str, Any], limit: float) -> Gat
 def junit_xml(
     results: list[GateResult],
     *,
-    job_id: str,
+    job_id: str | None,
     method: str | None,
     seconds: float,
     job_error: str | None = None,
     not_run: Sequence[str] = (),
 ) -> str:
-    """JUnit XML: one testcase per gate, a failure for each gate that failed. A job that did
-    not succeed adds a ``job`` testcase with an error, and its gates (``not_run``) are skipped."""
+    """JUnit XML: one testcase per gate, a failure for each gate that failed. When the job did
+    not succeed, or the command stopped before it could tell (a rejected upload, a bad token, an
+    interrupt), a ``job`` testcase carries the error, and the gates (``not_run``) are skipped."""
     failures = sum(not r.passed for r in results)
     errors = int(job_error is not None)
     tests = len(results) + errors + len(not_run)
@@ -121,7 +122,8 @@ def junit_xml(
     root = ET.Element("testsuites", {"name": "modelpress-client", **counts})
     suite = ET.SubElement(root, "testsuite", {"name": "modelpress.gates", **counts, "time": f"{seconds:.3f}"})
     properties = ET.SubElement(suite, "properties")
-    ET.SubElement(properties, "property", {"name": "job_id", "value": job_id})
+    if job_id:
+        ET.SubElement(properties, "property", {"name": "job_id", "value": job_id})
     if method:
         ET.SubElement(properties, "property", {"name": "method", "value": method})
     if job_error is not None:

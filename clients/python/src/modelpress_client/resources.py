@@ -17,12 +17,17 @@ from pydantic import BaseModel
 
 from modelpress_client import errors
 from modelpress_client._http import Transport, backoff, log, retry_after
+from modelpress_client.bundle import NotOnnx, bundle, external_data
 from modelpress_client.types import Dataset, Job, Model, Page
 
 R = TypeVar("R", bound=BaseModel)
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds between GETs when the event stream is unavailable
 SSE_IDLE = 60.0  # reconnect the event stream after this long without an event
+MAX_OUTAGE = 900.0  # without a timeout, wait() rides out this long an unreachable server (a restart)
+OUTAGE_POLL = 2.0  # seconds between tries while the server is unreachable
+# what a wait rides out: the server restarting or a proxy in front of it failing for a while
+TRANSIENT = (errors.APIConnectionError, errors.ServerError, errors.RateLimited)
 
 
 def _page(transport: Transport, path: str, record: type[R], params: dict[str, Any]) -> Page[R]:
@@ -43,11 +48,14 @@ class Models:
         self._t = transport
 
     def upload(self, path: str | os.PathLike[str]) -> Model:
-        """Upload an ``.onnx`` file, or a ``.zip`` of one ``.onnx`` and its external data."""
-        source = Path(path)
-        if not source.is_file():
-            raise FileNotFoundError(f"no model file at {source}")
-        response = self._t.request("POST", "/v1/models", upload=("file", source), timeout=_upload_timeout())
+        """Upload an ``.onnx`` file, or a ``.zip`` of one ``.onnx`` and its external data.
+
+        An ``.onnx`` whose weights live in external-data files (what ``torch.onnx.export(...,
+        dynamo=True)`` writes: ``model.onnx`` + ``model.onnx.data``) is zipped with them first.
+        """
+        with upload_source(path) as source:
+            upload = ("file", source)
+            response = self._t.request("POST", "/v1/models", upload=upload, timeout=_upload_timeout())
         return Model.model_validate(response.json())
 
     def get(self, model_id: str) -> Model:
@@ -87,14 +95,90 @@ class Datasets:
         return _iterate(lambda offset: self.list(limit=200, offset=offset))
 
 
+def external_data_of(path: str | os.PathLike[str]) -> list[str]:
+    """The external-data files an ``.onnx`` names (empty for a .zip, or what does not parse)."""
+    source = Path(path)
+    if source.suffix.lower() != ".onnx":
+        return []
+    try:
+        return external_data(source)
+    except NotOnnx:
+        return []  # the server says what is wrong with it
+
+
+def prepare_upload(path: str | os.PathLike[str], tmp: Path) -> Path:
+    """The file to upload for ``path``: itself, or a zip in ``tmp`` of it and its external data."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no model file at {source}")
+    if not external_data_of(source):
+        return source
+    return bundle(source, tmp / f"{source.stem}.zip")
+
+
+@contextlib.contextmanager
+def upload_source(path: str | os.PathLike[str]) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="modelpress-bundle-") as tmp:
+        yield prepare_upload(path, Path(tmp))
+
+
+def job_body(
+    method: str,
+    *,
+    model_id: str | None = None,
+    dataset_id: str | None = None,
+    rank: Mapping[str, float] | None = None,
+    training: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON of a job spec (with the model and dataset when given); omitted parts keep the
+    server's per-method defaults."""
+    body: dict[str, Any] = {"method": method}
+    if model_id is not None:
+        body["model_id"] = model_id
+    if dataset_id is not None:
+        body["dataset_id"] = dataset_id
+    for key, value in (("rank", rank), ("training", training), ("evaluation", evaluation)):
+        if value is not None:
+            body[key] = dict(value)
+    return body
+
+
 def _upload_timeout() -> httpx.Timeout:
     # the server validates a model before answering; a large one takes a while
     return httpx.Timeout(30.0, read=600.0, write=600.0)
 
 
+def unique_key() -> str:
+    """An Idempotency-Key: one per submission, reused by every retry of it (see _http)."""
+    return f"mpc-{uuid.uuid4().hex}"
+
+
+def sweep_body(
+    model_id: str,
+    dataset_id: str,
+    methods: Sequence[str],
+    targets: Sequence[float] | None,
+    strengths: Mapping[str, Sequence[float]] | None,
+    seeds: Sequence[int] | None,
+    training: Mapping[str, Any] | None,
+    latency: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "methods": list(methods)}
+    if targets is not None:
+        body["targets"] = list(targets)
+    if strengths is not None:
+        body["strengths"] = {k: list(v) for k, v in strengths.items()}
+    if seeds is not None:
+        body["seeds"] = list(seeds)
+    if training is not None:
+        body["training"] = dict(training)
+    body["latency"] = latency
+    return body
+
+
 def _submit(transport: Transport, path: str, body: dict[str, Any], key: str | None) -> Job:
-    # one key per submission, reused by every retry of it (see _http.Transport)
-    headers = {"Idempotency-Key": key or f"mpc-{uuid.uuid4().hex}"}
+    headers = {"Idempotency-Key": key or unique_key()}
     return Job.model_validate(transport.request("POST", path, json=body, headers=headers).json())
 
 
@@ -120,13 +204,23 @@ class Jobs:
         ``finetune_epochs``, ... / ``latency``, ``threads``, ``batches``). Omitted parts keep the
         server's per-method defaults.
         """
-        body: dict[str, Any] = {"model_id": model_id, "method": method}
-        if dataset_id is not None:
-            body["dataset_id"] = dataset_id
-        for key, value in (("rank", rank), ("training", training), ("evaluation", evaluation)):
-            if value is not None:
-                body[key] = dict(value)
+        parts = {"rank": rank, "training": training, "evaluation": evaluation}
+        body = job_body(method, model_id=model_id, dataset_id=dataset_id, **parts)
         return _submit(self._t, "/v1/jobs", body, idempotency_key)
+
+    def validate(
+        self,
+        method: str,
+        *,
+        rank: Mapping[str, float] | None = None,
+        training: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Check a spec with the server before uploading anything; returns it with every default
+        filled in, or raises :class:`~modelpress_client.errors.InvalidRequest` naming each bad field."""
+        body = job_body(method, rank=rank, training=training, evaluation=evaluation)
+        spec: dict[str, Any] = self._t.request("POST", "/v1/jobs/validate", json=body).json()
+        return spec
 
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._t.request("GET", f"/v1/jobs/{job_id}").json())
@@ -204,28 +298,25 @@ class Jobs:
         """Block until the job succeeds, fails or is cancelled, and return it in that state.
 
         Follows the server's event stream; if the stream is unavailable it polls the job every
-        ``poll_interval`` seconds (or as the server's ``Retry-After`` says). ``progress=True``
-        draws a progress bar on stderr; ``on_update`` sees every new state. Raises
+        ``poll_interval`` seconds (or as the server's ``Retry-After`` says). A server that goes
+        away (a restart, a lost connection, 5xx from a proxy) is waited for until ``timeout``, or
+        for :data:`MAX_OUTAGE` seconds without one. ``progress=True`` draws a progress bar on
+        stderr; ``on_update`` sees every new state. Raises
         :class:`~modelpress_client.errors.WaitTimeout` after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _ProgressBar(job_id) if progress else None
-
-        last: list[Job] = []
-
-        def seen(job: Job) -> None:
-            if last and last[0] == job:
-                return  # the end event repeats the last progress event; so does a reconnect
-            last[:] = [job]
-            if bar is not None:
-                bar.update(job)
-            if on_update is not None:
-                on_update(job)
-
+        watcher = Watcher(job_id, progress, on_update)
+        seen = watcher.seen
+        outage = Outage(job_id, deadline)
         try:
             job = self._follow_events(job_id, deadline, seen)
             while job is None or not job.done:
-                job, hint = self._poll(job_id)
+                try:
+                    job, hint = self._poll(job_id)
+                except TRANSIENT as exc:  # the server restarts, or is briefly unreachable
+                    time.sleep(outage.failed(exc))
+                    continue
+                outage.recovered()
                 seen(job)
                 if job.done:
                     break
@@ -235,8 +326,7 @@ class Jobs:
                 time.sleep(min(poll_interval if hint is None else hint, remaining))
             return job
         finally:
-            if bar is not None:
-                bar.close()
+            watcher.close()
 
     def _poll(self, job_id: str) -> tuple[Job, float | None]:
         response = self._t.request("GET", f"/v1/jobs/{job_id}")
@@ -246,7 +336,7 @@ class Jobs:
         """The job in a terminal state, read from the event stream; None if the stream failed
         (the caller then polls). 401/404 and other refusals are raised, not papered over."""
         while True:
-            idle = SSE_IDLE if deadline is None else max(0.01, min(SSE_IDLE, deadline - time.monotonic()))
+            idle = events_idle(deadline)
             try:
                 with self._t.stream(
                     "GET",
@@ -259,9 +349,9 @@ class Jobs:
                         log.debug("events of %s: not an event stream; polling instead", job_id)
                         return None
                     for event, data in _sse(response.iter_lines()):
-                        if event not in ("progress", "end"):
+                        job = event_job(event, data)
+                        if job is None:
                             continue
-                        job = Job.model_validate(json.loads(data))
                         seen(job)
                         if event == "end" or job.done:
                             return job
@@ -282,31 +372,99 @@ class Jobs:
                 return None
 
 
+class Watcher:
+    """What a wait shows: each new state of the job once, to a progress bar and a callback."""
+
+    def __init__(self, job_id: str, progress: bool, on_update: Callable[[Job], None] | None) -> None:
+        self.bar = _ProgressBar(job_id) if progress else None
+        self.on_update = on_update
+        self.last: Job | None = None
+
+    def seen(self, job: Job) -> None:
+        if self.last == job:
+            return  # the end event repeats the last progress event; so does a reconnect
+        self.last = job
+        if self.bar is not None:
+            self.bar.update(job)
+        if self.on_update is not None:
+            self.on_update(job)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def events_idle(deadline: float | None) -> float:
+    """How long the event stream may stay silent before it is reopened."""
+    return SSE_IDLE if deadline is None else max(0.01, min(SSE_IDLE, deadline - time.monotonic()))
+
+
+def event_job(event: str, data: str) -> Job | None:
+    """The job an event carries (progress and end events); None for any other event."""
+    return Job.model_validate(json.loads(data)) if event in ("progress", "end") else None
+
+
+class Outage:
+    """How long the server has been unreachable during a wait, and whether to keep waiting."""
+
+    def __init__(self, job_id: str, deadline: float | None, limit: float = MAX_OUTAGE) -> None:
+        self.job_id, self.deadline, self.limit = job_id, deadline, limit
+        self.since: float | None = None
+
+    def failed(self, exc: errors.APIError) -> float:
+        """Seconds to sleep before the next try; raises ``exc`` when out of time."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        give_up = self.deadline if self.deadline is not None else self.since + self.limit
+        if now >= give_up:
+            raise exc
+        log.debug("waiting for %s: %s; trying again (down for %.0f s)", self.job_id, exc, now - self.since)
+        return min(OUTAGE_POLL, give_up - now)
+
+    def recovered(self) -> None:
+        self.since = None
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
 
-def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs of a text/event-stream (the subset the server sends, plus comments)."""
-    event = "message"
-    data: list[str] = []
-    for line in lines:
+class SseParser:
+    """(event, data) pairs of a text/event-stream, fed line by line (the subset the server
+    sends, plus comments)."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", list[str]()
+
+    def feed(self, line: str) -> tuple[str, str] | None:
         if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
-    if data:
-        yield event, "\n".join(data)
+            event, data = self.event, self.data
+            self.event, self.data = "message", []
+            return (event, "\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            self.event = value
+        elif field == "data":
+            self.data.append(value)
+        return None
+
+    def end(self) -> tuple[str, str] | None:
+        return self.feed("")
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    parser = SseParser()
+    for line in lines:
+        item = parser.feed(line)
+        if item is not None:
+            yield item
+    last = parser.end()
+    if last is not None:
+        yield last
 
 
 class Sweeps:
@@ -328,16 +486,7 @@ class Sweeps:
     ) -> Job:
         """Submit a sweep (methods × targets, or a strength grid per method); its result is a
         curve report (``jobs.report``) with curve.csv and curve.png artifacts."""
-        body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "methods": list(methods)}
-        if targets is not None:
-            body["targets"] = list(targets)
-        if strengths is not None:
-            body["strengths"] = {k: list(v) for k, v in strengths.items()}
-        if seeds is not None:
-            body["seeds"] = list(seeds)
-        if training is not None:
-            body["training"] = dict(training)
-        body["latency"] = latency
+        body = sweep_body(model_id, dataset_id, methods, targets, strengths, seeds, training, latency)
         return _submit(self._t, "/v1/sweeps", body, idempotency_key)
 
     def get(self, sweep_id: str) -> Job:
