@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import openapi, problems
+from service import openapi, problems, ui
 from service.executors import executor_for
 from service.logs import request_id
 from service.routes import datasets, health, jobs, models
@@ -29,9 +29,9 @@ class BodyLimit:
         self.app, self.settings = app, settings
 
     def limit_for(self, path: str) -> int:
-        if path.startswith("/v1/models"):
+        if path.startswith(("/v1/models", "/ui/models")):
             return self.settings.max_model_bytes + (1 << 20)
-        if path.startswith("/v1/datasets"):
+        if path.startswith(("/v1/datasets", "/ui/datasets")):
             return self.settings.max_dataset_bytes + (1 << 20)
         return JSON_LIMIT
 
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     for module in (models, datasets, jobs, health):
         app.include_router(module.router)
+    ui.install(app)
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -27,6 +27,17 @@ def create_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
     return tenant, token
 
 
+def active_key(session: Session, token: str) -> ApiKey | None:
+    """The unrevoked key this token is, or None."""
+    return session.scalar(select(ApiKey).where(ApiKey.digest == digest(token), ApiKey.revoked.is_(False)))
+
+
 def tenant_for(session: Session, token: str) -> Tenant | None:
-    key = session.scalar(select(ApiKey).where(ApiKey.digest == digest(token), ApiKey.revoked.is_(False)))
+    key = active_key(session, token)
     return session.get(Tenant, key.tenant_id) if key else None
+
+
+def tenant_for_key_id(session: Session, key_id: str) -> Tenant | None:
+    """The tenant of key ``key_id`` while it is unrevoked (a dashboard session holds the key's id)."""
+    key = session.get(ApiKey, key_id)
+    return session.get(Tenant, key.tenant_id) if key is not None and not key.revoked else None

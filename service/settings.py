@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1 << 30
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=20, description="runs of a job before it is failed")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
     job_timeout_seconds: float = Field(6 * 3600.0, gt=0, description="longest job; Celery visibility timeout")
+    session_secret: SecretStr | None = Field(
+        None, description="signs the dashboard's session cookie; default: generated once in data_dir"
+    )
+    session_max_age_seconds: int = Field(
+        8 * 3600, ge=60, le=30 * 86400, description="a dashboard sign-in lasts this long"
+    )
     crash_on_stage: str | None = Field(None, description="testing only: kill the worker at this stage")
 
     @property
@@ -62,6 +68,8 @@ class Settings(BaseSettings):
                     "MODELPRESS_EXECUTOR=celery needs a shared database: "
                     "set MODELPRESS_DATABASE_URL to PostgreSQL"
                 )
+        if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
+            raise ValueError("MODELPRESS_SESSION_SECRET must be at least 32 characters; or unset it")
         if self.lease_seconds * 2 > self.job_timeout_seconds:
             raise ValueError("MODELPRESS_JOB_TIMEOUT_SECONDS must exceed twice MODELPRESS_LEASE_SECONDS")
         return self

@@ -1,0 +1,172 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against
+``modelpress serve`` on loopback.
+
+It signs in with the keyboard, uploads the digits CNN, adds the built-in digits, submits a
+sweep and an svd job from the forms, watches the job reach ``succeeded`` on its page without a
+reload, finds the sweep's chart drawn with one series per method, checks that no page scrolls
+sideways at 1280 and 390 px, and that another tenant's job answers 404. It takes the README's
+screenshots on the way: into ``MODELPRESS_UI_SCREENSHOTS`` when set (``make screenshots``
+writes docs/ui/), else into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Service
+
+CHROMIUM = Path("/usr/bin/chromium")
+# what the browser may do: nothing on the network but the page under test, no downloads of its own
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+JOB_TIMEOUT_MS = 300_000  # the machine is shared; an svd job takes seconds when it is not
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        message = "Debian's chromium is not installed (apt-get install -y chromium; make test does it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    running = Service(tmp_path_factory.mktemp("ui-serve"), workers=1).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("MODELPRESS_UI_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def sign_in(browser, service: Service, token: str):  # type: ignore[no-untyped-def]
+    """A fresh browser profile signed in by keyboard alone: the key field has the focus."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=service.url)
+    page = context.new_page()
+    page.goto("/ui/jobs")
+    assert page.url.endswith("/ui/login?next=%2Fui%2Fjobs")
+    page.keyboard.type(token)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/ui/jobs")
+    return context, page
+
+
+def no_sideways_scroll(page, width: int) -> None:  # type: ignore[no-untyped-def]
+    page.set_viewport_size({"width": width, "height": 900})
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    wide = page.evaluate(
+        "[...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > innerWidth)"
+        ".slice(0, 3).map(e => e.tagName + '.' + e.className)"
+    )
+    assert overflow <= 0, f"{page.url} scrolls sideways by {overflow} px at {width} px: {wide}"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: Path, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    context, page = sign_in(browser, service, service.create_key("acme"))
+
+    # 1. a model and the built-in digits, from the forms
+    page.goto("/ui/new")
+    page.set_input_files("#model-file", str(digits_cnn_zip))
+    page.get_by_role("button", name="Upload model").click()
+    page.wait_for_url(re.compile(r"/ui/new\?model_id=mdl_"))
+    page.get_by_role("button", name="Use built-in digits").click()
+    page.wait_for_url(re.compile(r"dataset_id=dst_"))
+
+    # 2. a sweep (svd and prune are ticked by default), then an svd job queued behind it
+    page.get_by_role("button", name="Submit sweep").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/job_"))
+    sweep_id = page.url.rsplit("/", 1)[1]
+    page.goto("/ui/new")
+    page.select_option("#job-dataset", index=1)  # the digits
+    page.select_option("#method", "svd")
+    page.select_option("#rule", "target_macs")
+    page.fill("#rule-value", "0.5")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/job_"))
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # 3. the job page follows the job to the end without a reload
+    first = page.get_attribute("#live", "data-status")
+    page.evaluate("window.__sameDocument = true")
+    page.wait_for_selector('#live[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
+    assert first in ("queued", "running"), f"the job had already ended ({first}) when its page loaded"
+    assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+    assert page.locator("#live table").first.is_visible()  # the before/after table arrived with it
+    assert page.get_by_role("link", name="model.onnx").is_visible()
+    page.screenshot(path=str(shots / "job.png"), full_page=True)
+
+    # 4. the sweep's chart: one series per method, from the sweep's own JSON
+    page.goto(f"/ui/jobs/{sweep_id}")
+    page.wait_for_selector('#live[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector('canvas[data-axis="macs_ratio"][data-drawn="true"]')
+    for axis in ("macs_ratio", "params_ratio"):
+        series = page.evaluate(
+            """axis => Chart.getChart(document.querySelector(`canvas[data-axis="${axis}"]`))
+                 .data.datasets.filter(d => d.kind === "method").map(d => [d.label, d.data.length])""",
+            axis,
+        )
+        assert sorted(label for label, _ in series) == ["prune", "svd"], series
+        assert all(points > 0 for _, points in series), series
+    page.locator('canvas[data-axis="macs_ratio"]').scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "sweep.png"), full_page=True)
+
+    # 5. the list, and pages that fit a phone
+    page.goto("/ui/jobs")
+    assert page.locator(f"#row-{job_id} [data-field=status]").inner_text() == "succeeded"
+    page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+    for path in (
+        "/ui/jobs",
+        f"/ui/jobs/{job_id}",
+        f"/ui/jobs/{sweep_id}",
+        "/ui/new",
+        f"/ui/compare?ids={job_id}&ids={sweep_id}",
+    ):
+        page.goto(path)
+        for width in (1280, 390):
+            no_sideways_scroll(page, width)
+
+    # 6. an API error reaches the person as its problem detail
+    page.goto("/ui/new")
+    page.fill("#rule-value", "7")
+    page.get_by_role("button", name="Submit job").click()
+    assert "422" in page.locator(".problem-title").inner_text()
+    assert "target_macs" in page.locator(".problem-detail").inner_text()
+    context.close()
+
+    # 7. another tenant: the job does not exist for them
+    other, stranger = sign_in(browser, service, service.create_key("globex"))
+    answer = stranger.goto(f"/ui/jobs/{job_id}")
+    assert answer is not None and answer.status == 404
+    assert f"no job '{job_id}'" in stranger.locator(".problem-detail").inner_text()
+    assert stranger.goto(f"/ui/jobs/{job_id}/artifacts/model.onnx").status == 404  # type: ignore[union-attr]
+    stranger.goto("/ui/jobs")
+    assert stranger.locator(f"#row-{job_id}").count() == 0
+    other.close()
+    for name in ("jobs.png", "job.png", "sweep.png"):
+        assert (shots / name).stat().st_size > 10_000, name
