@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint unit bench demo openapi clean
+.PHONY: install run test lint unit bench demo openapi clean browser screenshots
 
 install: $(STAMP)
 
@@ -29,7 +29,13 @@ lint: install
 	cd clients/python && ../../$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# tests/ui drives Debian's chromium with Playwright; installed here when missing (never a
+# browser build of Playwright's own). Without it the browser test skips, and fails under CI=true.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium (apt-get as root)"
+
+test: lint browser
 	$(BIN)/python tests/services.py
 	$(BIN)/pytest -q
 
@@ -43,6 +49,10 @@ bench: install
 
 demo: install
 	$(BIN)/python -m examples.demo $(DEMO_ARGS)
+
+# the README's pictures of the dashboard, taken by the browser test
+screenshots: install browser
+	MODELPRESS_UI_SCREENSHOTS=docs/ui $(BIN)/pytest -q -p no:logging tests/ui/test_browser.py
 
 openapi: install
 	$(BIN)/python -m service.openapi_export

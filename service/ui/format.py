@@ -56,12 +56,12 @@ def change(value: Any, less: str = "smaller", more: str = "larger") -> str:
 
 
 def percent(value: Any) -> str:
-    return "—" if _missing(value) else f"{100 * float(value):.2f} %"
+    return "—" if _missing(value) else f"{100 * float(value):.2f}\u00a0%"
 
 
 def points(value: Any) -> str:
     """An accuracy drop (before − after) in percentage points; negative means it rose."""
-    return "—" if _missing(value) else f"{100 * float(value):.2f} pt"
+    return "—" if _missing(value) else f"{100 * float(value):.2f}\u00a0pt"
 
 
 def ms(value: Any) -> str:

@@ -26,9 +26,8 @@ def safe_next(target: str) -> str:
 
 
 def _form(request: Request, target: str, status: int = 200, problem: dict | None = None) -> Response:
-    session = cookie.read(request)
-    if session is None or status != 200:
-        session = UiSession.fresh(SIGNED_OUT_SECONDS)  # a failed attempt gets a new form token
+    # a valid session is kept as it is: a failed or forged sign-in attempt signs nobody out
+    session = cookie.read(request) or UiSession.fresh(SIGNED_OUT_SECONDS)
     response = page(request, "login.html", status, csrf=session.csrf, next=safe_next(target), problem=problem)
     cookie.write(request, response, session)
     return response

@@ -87,6 +87,17 @@ def no_sideways_scroll(page, width: int) -> None:  # type: ignore[no-untyped-def
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
+def submit_job(page, method: str, rule: str, value: str) -> str:  # type: ignore[no-untyped-def]
+    page.goto("/ui/new")
+    page.select_option("#job-dataset", index=1)  # the digits
+    page.select_option("#method", method)
+    page.select_option("#rule", rule)
+    page.fill("#rule-value", value)
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/job_"))
+    return str(page.url.rsplit("/", 1)[1])
+
+
 def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: Path, shots: Path) -> None:  # type: ignore[no-untyped-def]
     context, page = sign_in(browser, service, service.create_key("acme"))
 
@@ -98,32 +109,37 @@ def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: P
     page.get_by_role("button", name="Use built-in digits").click()
     page.wait_for_url(re.compile(r"dataset_id=dst_"))
 
-    # 2. a sweep (svd and prune are ticked by default), then an svd job queued behind it
+    # 2. a sweep (svd and prune are ticked by default); the one worker is busy with it for a while
     page.get_by_role("button", name="Submit sweep").click()
     page.wait_for_url(re.compile(r"/ui/jobs/job_"))
     sweep_id = page.url.rsplit("/", 1)[1]
-    page.goto("/ui/new")
-    page.select_option("#job-dataset", index=1)  # the digits
-    page.select_option("#method", "svd")
-    page.select_option("#rule", "target_macs")
-    page.fill("#rule-value", "0.5")
-    page.get_by_role("button", name="Submit job").click()
-    page.wait_for_url(re.compile(r"/ui/jobs/job_"))
-    job_id = page.url.rsplit("/", 1)[1]
 
-    # 3. the job page follows the job to the end without a reload
+    # 3. an svd job queued behind it: its page follows it to the end without a reload
+    job_id = submit_job(page, "svd", "target_macs", "0.5")
     first = page.get_attribute("#live", "data-status")
-    page.evaluate("window.__sameDocument = true")
-    page.wait_for_selector('#live[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
     assert first in ("queued", "running"), f"the job had already ended ({first}) when its page loaded"
-    assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+    page.evaluate("window.sameDocument = true")
+
+    # 4. meanwhile, in a second tab, a prune job and the list, which follows its unfinished rows
+    lister = context.new_page()
+    pruned_id = submit_job(lister, "prune", "target_params", "0.3")
+    lister.goto("/ui/jobs")
+    row = f"#row-{pruned_id}"
+    assert lister.get_attribute(row, "data-status") in ("queued", "running")
+    lister.evaluate("window.sameDocument = true")
+    lister.wait_for_selector(f'{row}[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
+    assert lister.locator(f"{row} td[data-label=Params]").inner_text().endswith("×")  # the finished row
+    assert lister.evaluate("window.sameDocument === true"), "the list reloaded"
+
+    page.wait_for_selector('#live[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
+    assert page.evaluate("window.sameDocument === true"), "the job page reloaded"
     assert page.locator("#live table").first.is_visible()  # the before/after table arrived with it
     assert page.get_by_role("link", name="model.onnx").is_visible()
+    page.set_viewport_size({"width": 1280, "height": 600})
     page.screenshot(path=str(shots / "job.png"), full_page=True)
 
-    # 4. the sweep's chart: one series per method, from the sweep's own JSON
+    # 5. the sweep's chart: one series per method, from the sweep's own JSON
     page.goto(f"/ui/jobs/{sweep_id}")
-    page.wait_for_selector('#live[data-status="succeeded"]', timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector('canvas[data-axis="macs_ratio"][data-drawn="true"]')
     for axis in ("macs_ratio", "params_ratio"):
         series = page.evaluate(
@@ -133,25 +149,23 @@ def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: P
         )
         assert sorted(label for label, _ in series) == ["prune", "svd"], series
         assert all(points > 0 for _, points in series), series
-    page.locator('canvas[data-axis="macs_ratio"]').scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "sweep.png"), full_page=True)
-
-    # 5. the list, and pages that fit a phone
     page.goto("/ui/jobs")
-    assert page.locator(f"#row-{job_id} [data-field=status]").inner_text() == "succeeded"
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+
+    # 6. every page fits a phone and a laptop without scrolling sideways
     for path in (
         "/ui/jobs",
         f"/ui/jobs/{job_id}",
         f"/ui/jobs/{sweep_id}",
         "/ui/new",
-        f"/ui/compare?ids={job_id}&ids={sweep_id}",
+        f"/ui/compare?ids={job_id}&ids={pruned_id}",
     ):
         page.goto(path)
         for width in (1280, 390):
             no_sideways_scroll(page, width)
 
-    # 6. an API error reaches the person as its problem detail
+    # 7. an API error reaches the person as its problem detail
     page.goto("/ui/new")
     page.fill("#rule-value", "7")
     page.get_by_role("button", name="Submit job").click()
@@ -159,7 +173,7 @@ def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: P
     assert "target_macs" in page.locator(".problem-detail").inner_text()
     context.close()
 
-    # 7. another tenant: the job does not exist for them
+    # 8. another tenant: the job does not exist for them
     other, stranger = sign_in(browser, service, service.create_key("globex"))
     answer = stranger.goto(f"/ui/jobs/{job_id}")
     assert answer is not None and answer.status == 404
