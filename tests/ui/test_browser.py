@@ -87,6 +87,27 @@ def no_sideways_scroll(page, width: int) -> None:  # type: ignore[no-untyped-def
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
+def hover_first_point(page, axis: str) -> str:  # type: ignore[no-untyped-def]
+    """The tooltip's text after the mouse moves onto the first point of the first method."""
+    canvas = page.locator(f'canvas[data-axis="{axis}"]')
+    canvas.scroll_into_view_if_needed()
+    x, y = page.evaluate(
+        """axis => { const point = Chart.getChart(document.querySelector(`canvas[data-axis="${axis}"]`))
+                       .getDatasetMeta(0).data[0]; return [point.x, point.y]; }""",
+        axis,
+    )
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_timeout(100)
+    return str(
+        page.evaluate(
+            """axis => Chart.getChart(document.querySelector(`canvas[data-axis="${axis}"]`))
+                 .tooltip.body.flatMap(b => b.lines).join(" | ")""",
+            axis,
+        )
+    )
+
+
 def submit_job(page, method: str, rule: str, value: str) -> str:  # type: ignore[no-untyped-def]
     page.goto("/ui/new")
     page.select_option("#job-dataset", index=1)  # the digits
@@ -149,6 +170,7 @@ def test_the_dashboard_in_a_browser(browser, service: Service, digits_cnn_zip: P
         )
         assert sorted(label for label, _ in series) == ["prune", "svd"], series
         assert all(points > 0 for _, points in series), series
+    assert "target" in hover_first_point(page, "macs_ratio")
     page.screenshot(path=str(shots / "sweep.png"), full_page=True)
     page.goto("/ui/jobs")
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
