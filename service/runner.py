@@ -88,4 +88,21 @@ def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset 
         raise DatasetRejected(
             f"the model takes {len(model.info.inputs)} inputs; datasets fit single-input models only."
         )
-    return load_dataset(data, model.info.inputs[0], seed)
+    dataset = load_dataset(data, model.info.inputs[0], seed)
+    _check_labels(dataset, model)
+    return dataset
+
+
+def _check_labels(dataset: Dataset, model: LoadedModel) -> None:
+    """Labels of the training and the held-out split alike must name one of the model's
+    classes, checked before any work (else training fails deep inside the loss)."""
+    shape = model.info.outputs[0].shape if model.info.outputs else []
+    classes = shape[-1] if shape else None
+    if not isinstance(classes, int) or classes < 1:
+        return  # a symbolic class dimension: nothing to check against
+    for key, labels in (("y", dataset.y), ("y_val", dataset.y_val)):
+        if labels is not None and len(labels) and int(labels.max()) >= classes:
+            raise DatasetRejected(
+                f"'{key}' holds label {int(labels.max())} but the model scores {classes} classes; "
+                f"labels must be 0 to {classes - 1}."
+            )
