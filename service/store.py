@@ -37,7 +37,7 @@ class ArtifactStore:
     def staging(self) -> Path:
         """A fresh folder under ``.tmp`` for one upload, named after this host and process
         so that a restart can tell its dead predecessor's leftovers (``clean_staging``)."""
-        return Path(tempfile.mkdtemp(dir=self.tmp_dir(), prefix=f"{_host()}-{os.getpid()}-"))
+        return Path(tempfile.mkdtemp(dir=self.tmp_dir(), prefix=f"{host_tag()}-{os.getpid()}-"))
 
     def publish(self, source: Path, target: Path) -> Path:
         """Move ``source`` to ``target`` atomically (same filesystem: copy to a temp first)."""
@@ -75,7 +75,7 @@ async def stream_to_file(chunks: AsyncIterator[bytes], target: Path, limit: int)
     return written
 
 
-def _host() -> str:
+def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40]
 
 
@@ -110,7 +110,7 @@ def clean_staging(root: Path) -> int:
         except FileNotFoundError:
             continue
         # unnamed entries predate this naming: nobody can claim them
-        if pid is None or old or (host == _host() and pid != os.getpid() and not _alive(pid)):
+        if pid is None or old or (host == host_tag() and pid != os.getpid() and not _alive(pid)):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed += 1
     if removed:

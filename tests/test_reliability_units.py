@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from onnx import numpy_helper
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from compressors import DatasetRejected, strict_json
+from compressors import DatasetRejected, TrainingDiverged, strict_json
 from service import migrate, queue, reaper, worker
 from service.app import create_app
 from service.auth import create_key
@@ -415,3 +416,47 @@ def test_the_duration_histogram_counts_every_finished_job_once(
 def postgres_url() -> Iterator[str]:
     with fresh_postgres() as url:
         yield url
+
+
+def test_a_diverging_run_fails_with_the_reason_on_either_database(
+    any_db_client: TestClient, digits_cnn_zip: Path
+) -> None:
+    client = any_db_client
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    model = client.post("/v1/models", files={"file": ("cnn.zip", digits_cnn_zip.read_bytes())}).json()
+    # finite inputs whose activations overflow float32: the loss turns non-finite at step one,
+    # every time (lr 10 with strength 1e6, as reported, now ends finite but useless)
+    data = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(data, x=np.full((64, 1, 8, 8), 3e38, np.float32), y=rng.integers(0, 10, 64))
+    dataset = client.post("/v1/datasets", files={"file": ("huge.npz", data.getvalue())}).json()
+    body = {
+        "model_id": model["id"],
+        "dataset_id": dataset["id"],
+        "method": "nuclear",
+        "rank": {"target_macs": 0.5},
+        "training": {"epochs": 2, "lr": 10.0, "strength": 1e6},
+        "evaluation": {"latency": False},
+    }
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    job = queue.claim(settings, "w1", job_id)
+    assert job is not None
+    # before: SQLite said "succeeded" with every weight NaN; PostgreSQL a 500 quoting SQL
+    assert worker.execute(settings, job, "w1") == "failed"
+    record = client.get(f"/v1/jobs/{job_id}").json()
+    assert record["error"]["type"] == PROBLEMS + "training-diverged", record["error"]
+    assert record["error"]["detail"].startswith("training diverged: ")
+    assert client.get(f"/v1/jobs/{job_id}/report").status_code == 409
+
+
+def test_a_model_with_non_finite_weights_is_never_published(tmp_path: Path) -> None:
+    model = builders.gemm(64, 10)
+    bias = model.graph.initializer[-1]  # factorizing leaves the bias as it is
+    values = numpy_helper.to_array(bias).copy()
+    values[0] = np.nan
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    path = builders.save(model, tmp_path / "nan.onnx")
+    spec = parse_spec({"method": "svd", "rank": {"energy": 0.9}, "evaluation": {"latency": False}})
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        run_job(spec, path, None, tmp_path / "w", tmp_path / "o")
+    assert not (tmp_path / "o" / "model.onnx").exists()
