@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -91,6 +92,8 @@ def _worker(settings: Settings) -> int:
             "worker",
             "--loglevel=INFO",
             "--pool=solo",  # the job runs in this process, where SIGTERM can stop it (ADR 6)
+            # a name of its own, so that several workers on one host can share a RabbitMQ vhost
+            f"--hostname=modelpress-{os.getpid()}@%h",
             "-Q",
             "modelpress",
             "--without-gossip",

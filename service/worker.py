@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -102,16 +103,16 @@ def request_drain(grace: float) -> None:
     timer.start()
 
 
-def draining() -> bool:
-    return _drain.is_set()
-
-
 def _leave() -> None:
+    """The end of the grace period: whatever still runs (a job inside one long operation, a
+    slow interpreter teardown) does not hold the exit up."""
     for job_id, (settings, owner) in list(_running.items()):
         with contextlib.suppress(Exception):
             queue.release(settings, job_id, owner)
             log.warning("job %s did not stop within the grace period; handed back", job_id)
-    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     os._exit(0)
 
 

@@ -186,18 +186,17 @@ def test_sigterm_to_a_celery_worker_hands_its_job_over_without_an_attempt(
             job_id = _submit(client, digits_cnn_zip, LONG)
             _until(client, job_id, _training, 120)
             owner = first if f":{first.pid}:" in _lease_owner(cluster, job_id) else second
+            moved = f":{owner.pid}:"
             stopped = time.monotonic()
             owner.send_signal(signal.SIGTERM)  # docker stop, a rolling deploy
+            _until(client, job_id, lambda _: moved not in _lease_owner(cluster, job_id), 30)
+            handed_s = time.monotonic() - stopped
             owner.wait(15)
             exit_s = time.monotonic() - stopped
-            moved = f":{owner.pid}:"
-
-            def elsewhere(job: dict[str, Any]) -> bool:
-                return _training(job) and moved not in _lease_owner(cluster, job_id)
-
-            taken = _until(client, job_id, elsewhere, 60)
-            handover = time.monotonic() - stopped
-            print(f"SIGTERM: worker exited after {exit_s:.1f} s, job running again after {handover:.1f} s")
+            taken = _until(client, job_id, lambda j: j["status"] == "running", 60)
+            again_s = time.monotonic() - stopped
+            print(f"SIGTERM: job handed back after {handed_s:.1f} s, worker exited after {exit_s:.1f} s, ")
+            print(f"job claimed by the other worker after {again_s:.1f} s")
             assert exit_s < 5 + 3
             done = wait_for(client, job_id, timeout=240)
             assert done["status"] == "succeeded", done
@@ -209,7 +208,13 @@ def test_redis_sigkilled_with_jobs_queued_loses_none(tmp_path: Path, digits_cnn_
     broker = PrivateRedis(tmp_path / "redis", free_port()).start()
     try:
         with _cluster(tmp_path, broker.url) as cluster, cluster.client() as client:
-            ids = [_submit(client, digits_cnn_zip, {**SHORT, "seed": i}) for i in range(3)]
+            model = upload_model(client, digits_cnn_zip)
+            ids = []
+            for i in range(3):
+                body = {**SHORT, "model_id": model["id"], "rank": {"target_macs": 0.4 + i / 10}}
+                response = client.post("/v1/jobs", json=body)
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["id"])
             assert redis.Redis.from_url(broker.url).llen("modelpress") == 3  # no worker yet
             broker.kill()  # every message is gone with it
             broker.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -32,7 +32,7 @@ _NEXT = {
 }
 
 
-_CREATED: dict[int | str, dict[str, object]] = {
+_CREATED: dict[int | str, dict[str, Any]] = {
     201: _NEXT,
     507: {"description": "the server is out of storage; retry later (Retry-After)"},
 }
