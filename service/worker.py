@@ -98,14 +98,14 @@ def request_drain(grace: float) -> None:
     if _drain.is_set():
         return
     _drain.set()
-    timer = threading.Timer(grace, _leave)
+    timer = threading.Timer(grace, leave)
     timer.daemon = True
     timer.start()
 
 
-def _leave() -> None:
-    """The end of the grace period: whatever still runs (a job inside one long operation, a
-    slow interpreter teardown) does not hold the exit up."""
+def leave() -> None:
+    """Exit now, handing back whatever job still runs: at the end of the grace period (a job
+    inside one long operation, a slow interpreter teardown), or once a drained job is back."""
     for job_id, (settings, owner) in list(_running.items()):
         with contextlib.suppress(Exception):
             queue.release(settings, job_id, owner)

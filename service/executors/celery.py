@@ -69,7 +69,10 @@ def run_job_task(task: Any, job_id: str) -> str:
         return "skipped"
     status = execute(settings, job, owner)
     if status == "released":  # stopped for a restart: another worker takes it now
+        from service.worker import leave
+
         CeleryExecutor(settings).submit(job_id)
+        leave()  # the message is acked and the job handed back: nothing holds the exit up
     return status
 
 
