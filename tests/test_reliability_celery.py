@@ -29,7 +29,7 @@ FAST = {"MODELPRESS_LEASE_SECONDS": str(LEASE), "MODELPRESS_REAPER_SECONDS": "1"
 LONG = {
     "method": "nuclear",
     "rank": {"target_macs": 0.5},
-    "training": {"epochs": 10},
+    "training": {"epochs": 5},
     "evaluation": {"latency": False},
 }
 SHORT = {"method": "svd", "rank": {"target_macs": 0.5}, "evaluation": {"latency": False}}
@@ -92,11 +92,16 @@ class Cluster:
         return self
 
     def worker(self) -> subprocess.Popen[bytes]:
-        log = self.service.data_dir / f"worker{len(self.workers)}.log"
-        process = _start_worker(self.service.env, log)
-        self.workers.append(process)
-        _wait_for_log(log, " ready.", timeout=90, process=process)
-        return process
+        return self.start_workers(1)[0]
+
+    def start_workers(self, count: int) -> list[subprocess.Popen[bytes]]:
+        """``count`` workers started side by side, once each says it is ready."""
+        logs = [self.service.data_dir / f"worker{len(self.workers) + i}.log" for i in range(count)]
+        started = [_start_worker(self.service.env, log) for log in logs]
+        self.workers += started
+        for log, process in zip(logs, started, strict=True):
+            _wait_for_log(log, " ready.", timeout=90, process=process)
+        return started
 
     def client(self) -> httpx.Client:
         return self.service.client(self.token)
@@ -145,7 +150,7 @@ def test_a_celery_worker_killed_whole_is_taken_over_within_two_leases(
     kind: str, tmp_path: Path, digits_cnn_zip: Path
 ) -> None:
     with _broker(kind) as broker, _cluster(tmp_path, broker) as cluster:
-        first, second = cluster.worker(), cluster.worker()
+        first, second = cluster.start_workers(2)
         with cluster.client() as client:
             job_id = _submit(client, digits_cnn_zip, LONG)
             running = _until(client, job_id, _training, 120)
@@ -181,7 +186,7 @@ def test_sigterm_to_a_celery_worker_hands_its_job_over_without_an_attempt(
 ) -> None:
     grace = {"MODELPRESS_SHUTDOWN_GRACE_SECONDS": "5"}
     with _broker("redis") as broker, _cluster(tmp_path, broker, **grace) as cluster:
-        first, second = cluster.worker(), cluster.worker()
+        first, second = cluster.start_workers(2)
         with cluster.client() as client:
             job_id = _submit(client, digits_cnn_zip, LONG)
             _until(client, job_id, _training, 120)
