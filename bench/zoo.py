@@ -8,8 +8,8 @@ command line a user would run, one subprocess per run with a timeout:
 
 - ``modelpress inspect --json``
 - ``modelpress compress --method svd --target-macs 0.5 --data D``, then the fidelity of the
-  artifact against the original on the same inputs (onnxruntime, first floating-point
-  output: top-1 agreement over its last axis and max |Δlogit|) and the share of the
+  artifact against the original on the same inputs (onnxruntime, the scores output: top-1
+  agreement over its last axis and max |Δlogit|) and the share of the
   original MACs in layers svd left unfactorized;
 - every retraining method for one epoch: ``nuclear``, ``l2``, ``group_lasso`` at
   ``--target-macs 0.5``, ``l1`` and ``variational`` at ``--target-params 0.5``; and ``prune``.
@@ -193,8 +193,9 @@ def _unfactorized_share(report: dict[str, Any]) -> float | None:
 
 
 def fidelity(original: Path, compressed: Path, data: Path) -> dict[str, float]:
-    """Top-1 agreement (over the last axis) and max |Δ| of the first floating-point output."""
-    a, b = _first_float_output(original, data), _first_float_output(compressed, data)
+    """Top-1 agreement (over the last axis) and max |Δ| of the scores output (the one
+    ``compressors.onnx.outputs.score_output`` finds: a label output or a ZipMap is skipped)."""
+    a, b = _scores(original, data), _scores(compressed, data)
     a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     return {
         "top1_agreement": round(float(np.mean(a2.argmax(1) == b2.argmax(1))), 4),
@@ -202,23 +203,17 @@ def fidelity(original: Path, compressed: Path, data: Path) -> dict[str, float]:
     }
 
 
-def _first_float_output(model: Path, data: Path) -> np.ndarray:
-    import onnxruntime as ort
+def _scores(model: Path, data: Path) -> np.ndarray:
+    import onnx
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    from compressors.onnx import metrics
+    from compressors.onnx.outputs import score_output
+
+    proto = onnx.load(str(model))
     arrays = dict(np.load(data))
-    inputs = sess.get_inputs()
-    feeds = {i.name: arrays.get(i.name, arrays["x"]) for i in inputs}
-    index = next(k for k, o in enumerate(sess.get_outputs()) if o.type in ("tensor(float)", "tensor(double)"))
-    fixed = isinstance(inputs[0].shape[0], int) if inputs[0].shape else False
-    step = inputs[0].shape[0] if fixed else len(arrays["x"])
-    outs = []
-    for start in range(0, len(arrays["x"]), step):
-        chunk = {k: v[start : start + step] for k, v in feeds.items()}
-        outs.append(sess.run(None, chunk)[index])
-    return np.concatenate(outs)
+    names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    feeds = [arrays.get(name, arrays["x"]) for name in names]
+    return metrics.predict(proto, feeds, output=score_output(proto))
 
 
 def run_entry(entry: dict[str, Any], methods: list[str], timeout: float) -> dict[str, Any]:
@@ -374,12 +369,16 @@ def render(result: dict[str, Any]) -> str:
         "process: `modelpress inspect`, `modelpress compress --method svd --target-macs 0.5`, "
         "and one epoch (`--epochs 1`) of each retraining method (`nuclear`, `l2`, "
         "`group_lasso` at `--target-macs 0.5`; `l1`, `variational` at `--target-params 0.5`) "
-        "and `prune`, on a generated 64-sample dataset of the model's input dtype and shape.",
+        "and `prune`, on a generated 64-sample dataset: one array per model input, named after "
+        "it, of the input's dtype and shape (token ids and attention masks for the transformers "
+        "text models), with 10-class labels `y`, except for the GPT-2 language model, which "
+        "has no labels and so is distilled position by position from the original.",
         "",
         "*ok*: exit 0. *refused*: a typed refusal (exit 2), reason below. *failed*: anything "
         "else (a `job-failed` error from inside the library, a crash, the timeout). svd "
-        "fidelity compares the artifact with the original on the same inputs (first "
-        "floating-point output, top-1 over its last axis); *MACs left whole* is the share of "
+        "fidelity compares the artifact with the original on the same inputs (the scores "
+        "output: skl2onnx's label output and ZipMap are skipped; top-1 over its last axis); "
+        "*MACs left whole* is the share of "
         "the original MACs in layers svd did not factorize. With random weights the original's "
         "logits are often nearly tied, so top-1 agreement can be low while max \\|Δ\\| is tiny: "
         "read max \\|Δ\\| first.",

@@ -133,7 +133,7 @@ def _point(
     training: TrainingData,
     base_latency: float | None,
 ) -> Point:
-    logits = metrics.predict(result.model, training.data.x_val)
+    logits = metrics.predict(result.model, training.data.inputs(val=True), output=training.scores)
     _, nonzeros = count_params(result.model)
     return Point(
         method,

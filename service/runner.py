@@ -14,7 +14,6 @@ from pathlib import Path
 from compressors import (
     Compressed,
     Dataset,
-    DatasetRejected,
     Evaluation,
     Limits,
     LoadedModel,
@@ -84,8 +83,4 @@ def _write(done: Compressed, stages: Stages, out_dir: Path) -> JobOutput:
 def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset | None:
     if data is None:
         return None
-    if len(model.info.inputs) != 1:
-        raise DatasetRejected(
-            f"the model takes {len(model.info.inputs)} inputs; datasets fit single-input models only."
-        )
-    return load_dataset(data, model.info.inputs[0], seed)
+    return load_dataset(data, model.info.inputs, seed)
