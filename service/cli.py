@@ -403,6 +403,8 @@ def _print_report(report) -> None:  # type: ignore[no-untyped-def]
     from compressors import summary_rows
 
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: rows whole, not wrapped at 80 columns
+        console = Console(width=160)
     table = Table(
         "figure", "before", "after", "after/before", title=f"modelpress {report.method} {report.rank}"
     )
@@ -433,6 +435,8 @@ def _kept(layer) -> str:  # type: ignore[no-untyped-def]
         return f"channels {layer.channels[0]} / {layer.channels[1]}"
     if layer.nonzeros_after is not None:
         return f"nonzeros {layer.nonzeros_after:,} / {layer.params_before:,}"
+    if layer.params_after < layer.params_before:
+        return "inputs removed upstream"
     return "dense"
 
 
