@@ -88,7 +88,8 @@ def _tokens(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _compress(model: Path, data: str, out: Path, *flags: str) -> tuple[int, dict | None, str]:
     report = out.with_suffix(".json")
     done = run_cli(
-        "compress", str(model), *flags, "--data", data, "-o", str(out), "--report", str(report), "--no-latency",
+        "compress", str(model), *flags, "--data", data, "-o", str(out), "--report", str(report),
+        "--no-latency",
     )  # fmt: skip
     loaded = json.loads(report.read_text()) if done.returncode == 0 else None
     return done.returncode, loaded, done.stderr + done.stdout
