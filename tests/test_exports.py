@@ -5,8 +5,6 @@ language model whose head is tied to its token embedding."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -15,74 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from compressors.onnx.macs import count_params
-from examples import digits
 from tests.conftest import run_cli
-
-VOCAB, SEQ, HIDDEN = 50, 8, 32
-
-
-def _export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path) -> Path:
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-        torch.no_grad(),
-    ):
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(path),
-            dynamo=True,
-            input_names=names,
-            dynamic_shapes=tuple({0: torch.export.Dim("batch", max=4096)} for _ in names),
-            external_data=False,
-        )
-    return path
-
-
-class TokenClassifier(torch.nn.Module):
-    """Token ids and an attention mask in, class scores out: embedding, masked mean, MLP."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, HIDDEN)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(HIDDEN, 64), torch.nn.GELU(), torch.nn.Linear(64, HIDDEN)
-        )
-        self.norm = torch.nn.LayerNorm(HIDDEN)
-        self.head = torch.nn.Linear(HIDDEN, classes)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.embed(input_ids)
-        h = self.norm(h + self.mlp(h))
-        mask = attention_mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-
-
-class TiedLM(torch.nn.Module):
-    """A language model whose head reads the token embedding matrix (tied weights)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, HIDDEN)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(HIDDEN, 96), torch.nn.GELU(), torch.nn.Linear(96, HIDDEN)
-        )
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed(input_ids)
-        h = h + self.mlp(h)
-        return torch.nn.functional.linear(h, self.embed.weight)  # (batch, seq, vocab)
-
-
-def _tokens(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, VOCAB, size=(n, SEQ)).astype(np.int64)
-    mask = np.ones((n, SEQ), np.int64)
-    mask[:, SEQ // 2 :] = rng.integers(0, 2, size=(n, SEQ - SEQ // 2))
-    return ids, mask
+from tests.exports import HIDDEN, VOCAB, TiedLM, TokenClassifier, export, label_first_classifier, tokens
 
 
 def _compress(model: Path, data: str, out: Path, *flags: str) -> tuple[int, dict | None, str]:
@@ -98,16 +33,16 @@ def _compress(model: Path, data: str, out: Path, *flags: str) -> tuple[int, dict
 @pytest.fixture(scope="module")
 def token_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    ids, mask = _tokens(2)
+    ids, mask = tokens(2)
     folder = tmp_path_factory.mktemp("tokens")
-    return _export(
+    return export(
         TokenClassifier(), (torch.from_numpy(ids), torch.from_numpy(mask)), ["input_ids", "attention_mask"],
         folder / "tokens.onnx",
     )  # fmt: skip
 
 
 def test_token_ids_and_a_mask_retrain_by_input_name(token_model: Path, tmp_path: Path) -> None:
-    ids, mask = _tokens(256)
+    ids, mask = tokens(256)
     labels = (ids[:, 0] % 4).astype(np.int64)  # learnable from the first token
     data = tmp_path / "tokens.npz"
     np.savez(data, input_ids=ids, attention_mask=mask, y=labels)
@@ -134,7 +69,7 @@ def test_token_ids_and_a_mask_retrain_by_input_name(token_model: Path, tmp_path:
 
 
 def test_a_dataset_missing_an_input_is_refused_by_name(token_model: Path, tmp_path: Path) -> None:
-    ids, _ = _tokens(32)
+    ids, _ = tokens(32)
     data = tmp_path / "ids-only.npz"
     np.savez(data, input_ids=ids, y=np.zeros(32, np.int64))
     code, _, log = _compress(
@@ -148,62 +83,10 @@ def test_a_dataset_missing_an_input_is_refused_by_name(token_model: Path, tmp_pa
     assert code == 2 and "2 inputs" in log, log
 
 
-def _label_first_classifier(zipmap: bool) -> onnx.ModelProto:
-    """An MLP classifier shaped as skl2onnx writes one: outputs ``label`` (int64) first, then
-    the probabilities (a Softmax), or a ZipMap of them."""
-    torch.manual_seed(0)
-    mlp = digits.DigitsMLP(hidden=(32,))
-    digits.train_digits(mlp, image=False, epochs=3)
-    weights = [p.detach().numpy() for p in mlp.parameters()]
-    w1, b1, w2, b2 = weights
-    probs = "output_probability" if not zipmap else "probabilities"
-    nodes = [
-        helper.make_node("MatMul", ["X", "w1"], ["h0"], name="MatMul"),
-        helper.make_node("Add", ["h0", "b1"], ["h1"], name="Add"),
-        helper.make_node("Relu", ["h1"], ["h2"], name="Relu"),
-        helper.make_node("MatMul", ["h2", "w2"], ["o0"], name="MatMul1"),
-        helper.make_node("Add", ["o0", "b2"], ["logits"], name="Add1"),
-        helper.make_node("Softmax", ["logits"], [probs], name="Softmax", axis=-1),
-        helper.make_node("ArgMax", [probs], ["label"], name="ArgMax", axis=1, keepdims=0),
-    ]
-    outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])]
-    opsets = [helper.make_opsetid("", 17)]
-    if zipmap:
-        nodes.append(
-            helper.make_node(
-                "ZipMap",
-                [probs],
-                ["output_probability"],
-                name="ZipMap",
-                domain="ai.onnx.ml",
-                classlabels_int64s=list(range(10)),
-            )
-        )
-        mapping = helper.make_map_type_proto(
-            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
-        )
-        outputs.append(helper.make_value_info("output_probability", helper.make_sequence_type_proto(mapping)))
-        opsets.append(helper.make_opsetid("ai.onnx.ml", 1))
-    else:
-        outputs.append(helper.make_tensor_value_info(probs, TensorProto.FLOAT, ["N", 10]))
-    inits = [
-        numpy_helper.from_array(np.ascontiguousarray(w1.T), "w1"),
-        numpy_helper.from_array(b1, "b1"),
-        numpy_helper.from_array(np.ascontiguousarray(w2.T), "w2"),
-        numpy_helper.from_array(b2, "b2"),
-    ]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])], outputs, inits
-    )
-    model = helper.make_model(graph, opset_imports=opsets)
-    onnx.checker.check_model(model)
-    return model
-
-
 @pytest.mark.parametrize("zipmap", [False, True], ids=["probabilities", "zipmap"])
 def test_a_label_output_before_the_scores_is_skipped(zipmap: bool, tmp_path: Path) -> None:
     path = tmp_path / "clf.onnx"
-    onnx.save(_label_first_classifier(zipmap), str(path))
+    onnx.save(label_first_classifier(zipmap), str(path))
     done = run_cli("inspect", str(path), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["retrainable"] is True
@@ -226,8 +109,8 @@ def test_a_label_output_before_the_scores_is_skipped(zipmap: bool, tmp_path: Pat
 @pytest.fixture(scope="module")
 def tied_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    ids, _ = _tokens(2)
-    return _export(
+    ids, _ = tokens(2)
+    return export(
         TiedLM(), (torch.from_numpy(ids),), ["input_ids"], tmp_path_factory.mktemp("lm") / "lm.onnx"
     )
 
@@ -239,7 +122,7 @@ def _per_layer_totals_agree(report: dict, artifact: onnx.ModelProto) -> None:
 
 
 def test_a_tied_embedding_and_head_is_left_whole_and_the_totals_agree(tied_lm: Path, tmp_path: Path) -> None:
-    ids, _ = _tokens(64)
+    ids, _ = tokens(64)
     data = tmp_path / "lm.npz"
     np.savez(data, input_ids=ids)
     out = tmp_path / "svd.onnx"
@@ -258,7 +141,7 @@ def test_a_tied_embedding_and_head_is_left_whole_and_the_totals_agree(tied_lm: P
 def test_a_language_model_retrains_per_position_with_its_tie_kept(
     labels: bool, tied_lm: Path, tmp_path: Path
 ) -> None:
-    ids, _ = _tokens(128)
+    ids, _ = tokens(128)
     data = tmp_path / "lm.npz"
     arrays = {"input_ids": ids}
     if labels:
