@@ -139,7 +139,8 @@ def _shared_along(weight: str, uses: Mapping[str, int], made_by: Mapping[str, on
     """Why the weight is shared, if it is: read by other nodes itself, or through the
     Transpose/Identity/Cast chain it comes from (a language model's head tied to its token
     embedding reads the embedding matrix through a Transpose)."""
-    name, hops = weight, []
+    name = weight
+    hops: list[str] = []
     while True:
         if uses.get(name, 0) > 1:
             via = f" (through {' and '.join(hops)})" if hops else ""

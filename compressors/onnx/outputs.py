@@ -27,7 +27,7 @@ FLOAT_TYPES = {
 def _float_outputs(model: onnx.ModelProto) -> list[tuple[str, list[int | str]]]:
     """(tensor, shape) of each graph output that is, or stands for, a float tensor."""
     made_by = producers(model.graph)
-    found = []
+    found: list[tuple[str, list[int | str]]] = []
     for value in model.graph.output:
         name = value.name
         if name in made_by and made_by[name].op_type == "ZipMap":

@@ -236,7 +236,7 @@ def _epoch_record(
     epoch: int,
     means: np.ndarray,
     regularizer: Regularizer | None,
-    validation: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None,
+    validation: tuple[Inputs, np.ndarray | None, np.ndarray | None] | None,
     device: torch.device,
 ) -> dict[str, float]:
     record = {"epoch": float(epoch), "loss": float(means[0]), "penalty": float(means[1])}
