@@ -133,7 +133,7 @@ def _point(
     training: TrainingData,
     base_latency: float | None,
 ) -> Point:
-    logits = metrics.predict(result.model, training.data.x_val)
+    logits = metrics.predict(result.model, training.data.inputs(val=True), output=training.scores)
     _, nonzeros = count_params(result.model)
     return Point(
         method,
@@ -148,6 +148,9 @@ def _point(
 
 
 def _score(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Top-1 accuracy, or agreement with the original; per position for a language model."""
+    logits, labels = metrics.rows_of(logits, labels)
+    reference = metrics.rows_of(reference)[0]
     if labels is not None:
         return float((logits.argmax(1) == labels).mean())
     return float((logits.argmax(1) == reference.argmax(1)).mean())

@@ -158,7 +158,7 @@ def dataset_block(dataset: Dataset | None, x_eval: Any) -> dict[str, Any] | None
     return {
         "name": dataset.name,
         "sha256": dataset.sha256,
-        "evaluated_samples": len(x_eval),
+        "evaluated_samples": len(x_eval[0] if isinstance(x_eval, list) else x_eval),
         "labelled": dataset.labelled,
     }
 

@@ -38,7 +38,7 @@ def run_sweep(
         raise InvalidSpec("a sweep needs a dataset to measure accuracy on.")
     progress(Progress("load", 0.02))
     model = load_model(model_path, workdir)
-    dataset = load_dataset(data, model.info.inputs[0])
+    dataset = load_dataset(data, model.info.inputs)
     training = TrainingData.build(model.proto, dataset, model.info.inputs[0].name)
     t = spec["training"]
     sweep_spec = SweepSpec(

@@ -33,7 +33,8 @@ _NPZ = {
     "type": "string",
     "format": "binary",
     "contentMediaType": "application/octet-stream",
-    "description": ".npz with x (and y, x_val, y_val); never unpickled",
+    "description": ".npz with one array per model input, named after it (x for a single input), "
+    "and y; a validation split under the same names with _val; never unpickled",
 }
 # One content type only: generated clients mishandle an operation with two request bodies
 # (openapi-python-client emits a module that does not import). The JSON form
@@ -95,15 +96,32 @@ def describe_npz(path: Path) -> dict[str, Any]:
         ) from exc
     except Exception as exc:
         raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
-    x = arrays.get("x")
-    if x is None or x.ndim < 2 or not np.issubdtype(x.dtype, np.floating) or len(x) == 0:
-        raise DatasetRejected("the .npz needs a float array 'x' shaped (N, ...) with N >= 1.")
+    inputs = {k: a for k, a in arrays.items() if k not in ("y", "y_val") and not k.endswith("_val")}
+    for key, array in inputs.items():
+        numeric = np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        if array.ndim < 2 or not numeric or len(array) == 0:
+            raise DatasetRejected(
+                f"'{key}' must be a numeric array shaped (N, ...) with N >= 1: one array per model "
+                "input, named after it (x for a single input)."
+            )
+    if not inputs:
+        raise DatasetRejected(
+            "the .npz needs one array per model input, named after it (x for a single input)."
+        )
+    counts = {len(a) for a in inputs.values()}
+    if len(counts) > 1:
+        raise DatasetRejected(f"the input arrays hold different numbers of samples: {sorted(counts)}.")
+    x = inputs.get("x", next(iter(inputs.values())))
     for key in ("y", "y_val"):
-        if key in arrays and (arrays[key].ndim != 1 or not np.issubdtype(arrays[key].dtype, np.integer)):
-            raise DatasetRejected(f"'{key}' must be a 1-D array of integer class labels.")
+        if key in arrays and (
+            arrays[key].ndim not in (1, 2) or not np.issubdtype(arrays[key].dtype, np.integer)
+        ):
+            raise DatasetRejected(
+                f"'{key}' must hold integer class labels: one per sample, or one per position (N, seq)."
+            )
     if "y" in arrays and len(arrays["y"]) != len(x):
         raise DatasetRejected(f"'y' has {len(arrays['y'])} labels for {len(x)} inputs; they must match.")
-    val = arrays.get("x_val")
+    val = next((a for k, a in arrays.items() if k.endswith("_val") and k != "y_val"), None)
     return {
         "samples": len(x),
         "sample_shape": [int(d) for d in x.shape[1:]],
