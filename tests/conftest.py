@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from examples import digits
+from tests.harness import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,3 +86,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI=true: {len(skipped)} skipped test(s) count as failures", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """``modelpress serve`` with one worker, for the tests of one module."""
+    with Service(tmp_path_factory.mktemp("serve"), workers=1) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def token(service: Service) -> str:
+    return service.create_key("acme")

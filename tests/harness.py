@@ -55,6 +55,12 @@ class Service:
     def create_key(self, tenant: str) -> str:
         return self.cli("create-key", "--tenant", tenant).stdout.strip().splitlines()[-1]
 
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self) -> Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log.open("ab")
@@ -143,6 +149,23 @@ def wait_for(client: httpx.Client, job_id: str, timeout: float = 300) -> dict[st
             return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def wait_training(client: httpx.Client, job_id: str, epoch: int = 2, timeout: float = 180) -> dict[str, Any]:
+    """Block until the job trains at ``epoch`` or later (so a checkpoint exists)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        progress = job["progress"]
+        if (
+            job["status"] == "running"
+            and progress.get("stage") == "train"
+            and (progress.get("epoch") or 0) >= epoch
+        ):
+            return dict(job)
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} never trained epoch {epoch}")
 
 
 def follow_events(client: httpx.Client, job_id: str, timeout: float = 300) -> list[dict[str, Any]]:

@@ -51,7 +51,7 @@ def test_target_macs_quarter_on_a_bundled_cnn(digits_cnn_zip: Path, tmp_path: Pa
     # the artifact is a plain .onnx that onnxruntime runs on the whole dataset
     model = onnx.load(str(out))
     data = load_dataset("digits", TensorSpec("x", "float", ["batch", 1, 8, 8]))
-    x, y = data.all_inputs()
+    (x,), y = data.all_inputs()
     logits = metrics.predict(model, x)
     assert logits.shape == (len(x), 10)
     assert metrics.accuracy(logits, y)["top1"] == pytest.approx(report["after"]["accuracy"]["top1"])

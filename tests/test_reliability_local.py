@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from service.store import host_tag
-from tests.harness import Service, digits_dataset, upload_model, wait_for
+from tests.harness import Service, digits_dataset, upload_model, wait_for, wait_training
 
 LONG = {
     "method": "nuclear",
@@ -31,22 +31,6 @@ def _submit(client: httpx.Client, zip_path: Path, body: dict) -> str:
     return str(response.json()["id"])
 
 
-def _wait_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        progress = job["progress"]
-        if (
-            job["status"] == "running"
-            and progress.get("stage") == "train"
-            and (progress.get("epoch") or 0) >= epoch
-        ):
-            return dict(job)
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} never trained epoch {epoch}")
-
-
 def test_three_sigterm_restarts_during_one_job_cost_no_attempt(tmp_path: Path, digits_cnn_zip: Path) -> None:
     service = Service(tmp_path / "data", workers=1, MODELPRESS_SHUTDOWN_GRACE_SECONDS="5", **FAST).start()
     token = service.create_key("acme")
@@ -56,7 +40,7 @@ def test_three_sigterm_restarts_during_one_job_cost_no_attempt(tmp_path: Path, d
             job_id = _submit(client, digits_cnn_zip, LONG)
         for epoch in (2, 4, 6):
             with service.client(token) as client:
-                _wait_epoch(client, job_id, epoch)
+                wait_training(client, job_id, epoch)
             assert service.process is not None
             started = time.monotonic()
             service.stop()  # SIGTERM to serve and its workers, as systemd or docker stop sends
@@ -95,7 +79,7 @@ def test_cancelling_a_job_whose_worker_was_just_killed_ends_it(tmp_path: Path, d
     try:
         with service.client(service.create_key("acme")) as client:
             job_id = _submit(client, digits_cnn_zip, LONG)
-            _wait_epoch(client, job_id, 1)
+            wait_training(client, job_id, 1)
             (worker,) = service.worker_pids()
             os.kill(worker, signal.SIGKILL)
             killed = time.monotonic()

@@ -14,20 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import numpy as np
 import onnxruntime as ort
-import psycopg
 import pytest
 import redis
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from compressors.intake.datasets import load_dataset
 from compressors.onnx.inspection import TensorSpec
@@ -35,18 +31,11 @@ from service import queue
 from service.db import engine_for
 from service.executors.celery import TASK, app_for
 from service.settings import Settings
+from tests.backends import fresh_postgres, unavailable
 from tests.harness import ROOT, Service, digits_dataset, follow_events, upload_model, wait_for
 
 # database 7: away from the 0 a developer's own Redis work usually sits in; flushed by the tests
 REDIS_URL = os.environ.get("MODELPRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
-# an existing database to connect to while creating (and dropping) the tests' own
-POSTGRES_URL = os.environ.get("MODELPRESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"{reason} (CI is set, so the distributed-mode tests fail instead of skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +46,15 @@ def backends() -> Iterator[dict[str, str]]:
     try:
         broker.flushdb()
     except redis.RedisError as exc:
-        _unavailable(f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server")
+        unavailable(f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server")
     try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _unavailable(f"PostgreSQL at {POSTGRES_URL} is unreachable ({exc}); start PostgreSQL")
-    name = f"modelpress_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg", database=name)
-    try:
-        yield {
-            "MODELPRESS_EXECUTOR": "celery",
-            "MODELPRESS_BROKER_URL": REDIS_URL,
-            "MODELPRESS_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        }
+        with fresh_postgres() as database_url:
+            yield {
+                "MODELPRESS_EXECUTOR": "celery",
+                "MODELPRESS_BROKER_URL": REDIS_URL,
+                "MODELPRESS_DATABASE_URL": database_url,
+            }
     finally:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
         broker.flushdb()
         broker.close()
 
@@ -162,7 +143,10 @@ def _digits_images(session: ort.InferenceSession, trained: bool) -> tuple[np.nda
     held-out split when the job trained on the rest, else every sample."""
     spec = TensorSpec(session.get_inputs()[0].name, "float", ["batch", 1, 8, 8])
     data = load_dataset("digits", spec, seed=0)
-    x, y = (data.x_val, data.y_val) if trained else data.all_inputs()
+    if trained:
+        x, y = data.x_val, data.y_val
+    else:
+        (x,), y = data.all_inputs()
     assert y is not None
     return x, y
 

@@ -23,9 +23,8 @@ from tests.harness import Service, digits_dataset, upload_model, wait_for
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("serve-exports"), workers=1).start()
-    yield running
-    running.stop()
+    with Service(tmp_path_factory.mktemp("serve-exports"), workers=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

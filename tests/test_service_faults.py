@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Service, digits_dataset, upload_model, wait_for
+from tests.harness import Service, digits_dataset, upload_model, wait_for, wait_training
 
 LONG = {
     "method": "nuclear",
@@ -20,23 +20,6 @@ LONG = {
     "training": {"epochs": 12},
     "evaluation": {"latency": False},
 }
-
-
-def _wait_training(client: httpx.Client, job_id: str, epoch: int = 2, timeout: float = 180) -> dict:
-    """Block until the job trains at ``epoch`` or later (so a checkpoint exists)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        progress = job["progress"]
-        if (
-            job["status"] == "running"
-            and progress.get("stage") == "train"
-            and (progress.get("epoch") or 0) >= epoch
-        ):
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.2)
-    raise TimeoutError("the job never reached training")
 
 
 def _submit(client: httpx.Client, zip_path: Path, body: dict) -> str:
@@ -52,7 +35,7 @@ def test_kill_9_of_a_worker_mid_job_then_the_job_completes(tmp_path: Path, digit
     try:
         with service.client(service.create_key("acme")) as client:
             job_id = _submit(client, digits_cnn_zip, LONG)
-            _wait_training(client, job_id)
+            wait_training(client, job_id)
             (worker,) = service.worker_pids()
             os.kill(worker, signal.SIGKILL)
             done = wait_for(client, job_id)
@@ -73,7 +56,7 @@ def test_kill_9_of_the_whole_server_then_restart_completes_the_job(
     try:
         with service.client(token) as client:
             job_id = _submit(client, digits_cnn_zip, LONG)
-            _wait_training(client, job_id)
+            wait_training(client, job_id)
         service.kill_tree()
         time.sleep(1)
         assert not service.worker_pids() if service.process and service.process.poll() is None else True

@@ -6,27 +6,13 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 
 from compressors.onnx import metrics
 from tests.harness import Service, digits_dataset, follow_events, upload_model, wait_for
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("serve"), workers=1).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def token(service: Service) -> str:
-    return service.create_key("acme")
 
 
 def test_end_to_end_svd_and_nuclear(service: Service, token: str, digits_cnn_zip: Path) -> None:

@@ -14,9 +14,8 @@ from tests.harness import Service, digits_dataset, upload_model, wait_for
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("serve"), workers=1).start()
-    yield running
-    running.stop()
+    with Service(tmp_path_factory.mktemp("serve"), workers=1) as running:
+        yield running
 
 
 def test_a_sweep_returns_the_curve_of_every_method_at_every_target(

@@ -298,14 +298,13 @@ def live_table() -> dict[tuple[str, str], tuple[int, ...]]:
 def main() -> int:
     """Rewrite ``compressors/training/operators.py``'s table from the live registry."""
     path = Path(__file__).with_name("operators.py")
-    source = path.read_text(encoding="utf-8")
-    head, rest = source.split("CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n", 1)
-    tail = rest.split("\n}\n", 1)[1]
+    head, rest = path.read_text(encoding="utf-8").split('TABLE = """\n', 1)
+    tail = rest.split('"""\n', 1)[1]
     rows = "".join(
-        f'    ("{domain}", "{op}"): {versions!r},\n' for (domain, op), versions in live_table().items()
+        f"{domain + '::' if domain else ''}{op} {' '.join(map(str, versions))}\n"
+        for (domain, op), versions in live_table().items()
     )
-    body = "CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n" + rows + "}\n"
-    path.write_text(head + body + tail, encoding="utf-8")
+    path.write_text(head + 'TABLE = """\n' + rows + '"""\n' + tail, encoding="utf-8")
     return 0
 
 

@@ -16,9 +16,8 @@ from tests.harness import Service
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("client-serve"), workers=1).start()
-    yield running
-    running.stop()
+    with Service(tmp_path_factory.mktemp("client-serve"), workers=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -39,9 +39,8 @@ SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]  # GitHub's `
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("ci-serve"), workers=1).start()
-    yield running
-    running.stop()
+    with Service(tmp_path_factory.mktemp("ci-serve"), workers=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

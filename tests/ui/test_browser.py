@@ -51,9 +51,8 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("ui-serve"), workers=1).start()
-    yield running
-    running.stop()
+    with Service(tmp_path_factory.mktemp("ui-serve"), workers=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
