@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from compressors import report as reporting
-from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled
+from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled, TrainingDiverged
 from compressors.intake.datasets import Dataset
 from compressors.intake.loading import LoadedModel
 from compressors.methods import Method, get, rule_as_dict, rule_from
@@ -67,6 +68,14 @@ class Compressed:
         return self.write_model(out_dir / "model.onnx"), self.write_report(out_dir / "report.json")
 
     def write_model(self, path: Path) -> Path:
+        """Refuses a model with a NaN or infinite weight: the last line of the divergence
+        checks, whatever stage (training, fine-tuning, factorizing) produced it."""
+        broken = non_finite_initializers(self.model)
+        if broken:
+            raise TrainingDiverged(
+                f"training diverged: weights {', '.join(broken[:3])} of the compressed model are not "
+                "finite; lower lr or strength and try again."
+            )
         metrics.write_model(self.model, path)
         return path
 
@@ -76,6 +85,26 @@ class Compressed:
         tmp.write_text(self.report.to_json())
         tmp.replace(path)
         return path
+
+
+def non_finite_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of float initializers holding NaN or infinity (external data is not read)."""
+    broken = []
+    for tensor in model.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if external or tensor.data_type not in _FLOATS:
+            continue
+        if not np.isfinite(numpy_helper.to_array(tensor)).all():
+            broken.append(tensor.name)
+    return broken
+
+
+_FLOATS = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+)
 
 
 class Stages:

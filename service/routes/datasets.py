@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from service.problems import Problem
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
-from service.store import ArtifactStore, stream_to_file
+from service.store import ArtifactStore, clean_name, stream_to_file
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -54,7 +53,10 @@ _BODY = {
             },
         },
     },
-    "responses": {"415": {"description": "neither multipart/form-data nor application/json"}},
+    "responses": {
+        "415": {"description": "neither multipart/form-data nor application/json"},
+        "507": {"description": "the server is out of storage; retry later (Retry-After)"},
+    },
 }
 _DESCRIPTION = (
     "Upload an .npz as multipart field `file`, or name a built-in set in field `builtin`. "
@@ -159,7 +161,7 @@ def _builtin_from_json(body: bytes) -> str:
 async def _store_npz(
     upload: UploadFile, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> StoredDataset:
-    staging = Path(tempfile.mkdtemp(dir=store.tmp_dir()))
+    staging = store.staging()
     try:
         target = staging / "data.npz"
 
@@ -172,7 +174,7 @@ async def _store_npz(
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
         dataset = StoredDataset(
             tenant_id=tenant.id,
-            name=Path(upload.filename or "data.npz").name[:300],
+            name=clean_name(upload.filename, "data.npz", limit=300),
             builtin=None,
             sha256=digest,
             size_bytes=size,
