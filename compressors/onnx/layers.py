@@ -144,7 +144,7 @@ def _shared_along(weight: str, uses: Mapping[str, int], made_by: Mapping[str, on
     while True:
         if uses.get(name, 0) > 1:
             via = f" (through {' and '.join(hops)})" if hops else ""
-            return f"its weight{via} is shared with other nodes, so it is left whole for all of them"
+            return f"its weight{via} is shared with other nodes"
         node = made_by.get(name)
         if node is None or node.op_type not in ("Transpose", "Identity", "Cast"):
             return None
