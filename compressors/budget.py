@@ -6,7 +6,8 @@ sparsify) and scores each on a search split, which is never the split the report
 It walks down a coarse grid of targets 2^(1/2) apart from 0.9 until a cut breaks the budget,
 then bisects (in log ratio) between the last cut that kept it and the first that did not.
 Accuracy is not exactly monotone in the target, so the answer is the smallest target that
-kept the budget among all the cuts tried; every cut tried is in the trace.
+kept the budget among all the cuts tried; every cut tried is in the trace. A cut keeps the
+budget when its measured drop plus one standard error of that drop does (``MARGIN_Z``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ STEP = 2**-0.5  # coarse grid spacing
 LOWEST = 1 / 256  # the coarse walk stops here
 BISECTIONS = 5  # after the walk: resolution 2^(1/2) / 2^5, about 1.1%
 MAX_SEARCH_SAMPLES = 2048
+# a cut keeps the budget when its drop plus this many standard errors does: the search split
+# is a sample, and a cut chosen at the edge of the budget on it overshoots on fresh data
+MARGIN_Z = 1.0
 
 
 @dataclass
@@ -47,9 +51,21 @@ class SearchSplit:
         return cls(x, y, metrics.predict(original, x))
 
     def score(self, outputs: np.ndarray) -> float:
-        predicted = outputs.argmax(axis=1)
+        return float(np.mean(self.correct(outputs)))
+
+    def correct(self, outputs: np.ndarray) -> np.ndarray:
         truth = self.y if self.y is not None else self.reference.argmax(axis=1)
-        return float(np.mean(predicted == truth))
+        return np.asarray(outputs.argmax(axis=1) == truth)
+
+    def drop_bound(self, outputs: np.ndarray) -> tuple[float, float]:
+        """The drop in score against the original, and that drop plus MARGIN_Z standard errors
+        of it (paired: only samples where the two models disagree on correctness count)."""
+        mine, theirs = self.correct(outputs), self.correct(self.reference)
+        drop = float(np.mean(theirs) - np.mean(mine))
+        differ = np.asarray(mine != theirs, dtype=np.float64)
+        n = len(mine)
+        spread = float(np.sqrt(max(differ.mean() - drop**2, 0.0) / max(n - 1, 1)))
+        return drop, drop + MARGIN_Z * spread
 
 
 @dataclass
@@ -115,10 +131,20 @@ def _try(
     except InvalidSpec:
         found.trace.append({"target": round(target, 6), "reachable": False})
         return None
-    score = split.score(metrics.predict(result.model, split.x))
-    kept = found.baseline - score <= found.max_drop + 1e-12
+    outputs = metrics.predict(result.model, split.x)
+    score = split.score(outputs)
+    drop, bound = split.drop_bound(outputs)
+    kept = bound <= found.max_drop + 1e-12
     ratio = result.macs_after / max(result.macs_before, 1)
     found.trace.append(
-        {"target": round(target, 6), "macs_ratio": ratio, "score": score, "within": kept, "reachable": True}
+        {
+            "target": round(target, 6),
+            "macs_ratio": ratio,
+            "score": score,
+            "drop": drop,
+            "drop_bound": bound,
+            "within": kept,
+            "reachable": True,
+        }
     )
     return result if kept else None
