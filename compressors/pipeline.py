@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from compressors import report as reporting
 from compressors.budget import SearchSplit, search
-from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled
+from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled, TrainingDiverged
 from compressors.intake.datasets import Dataset
 from compressors.intake.loading import LoadedModel
 from compressors.methods import Method, get, rule_as_dict, rule_from
@@ -73,6 +74,14 @@ class Compressed:
         return self.write_model(out_dir / "model.onnx"), self.write_report(out_dir / "report.json")
 
     def write_model(self, path: Path) -> Path:
+        """Refuses a model with a NaN or infinite weight: the last line of the divergence
+        checks, whatever stage (training, fine-tuning, factorizing) produced it."""
+        broken = non_finite_initializers(self.model)
+        if broken:
+            raise TrainingDiverged(
+                f"training diverged: weights {', '.join(broken[:3])} of the compressed model are not "
+                "finite; lower lr or strength and try again."
+            )
         metrics.write_model(self.model, path)
         return path
 
@@ -82,6 +91,26 @@ class Compressed:
         tmp.write_text(self.report.to_json())
         tmp.replace(path)
         return path
+
+
+def non_finite_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of float initializers holding NaN or infinity (external data is not read)."""
+    broken = []
+    for tensor in model.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if external or tensor.data_type not in _FLOATS:
+            continue
+        if not np.isfinite(numpy_helper.to_array(tensor)).all():
+            broken.append(tensor.name)
+    return broken
+
+
+_FLOATS = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+)
 
 
 class Stages:
@@ -131,7 +160,15 @@ class CompressOptions:
             method.check_rule(rule)
         if self.quantize == "static" and data is None:
             raise InvalidSpec("static quantization calibrates on data: give a dataset, or use dynamic.")
-        weighting = method.weighting_for(self.weighting, data is not None)
+        several = data is not None and len(data.names) > 1
+        if several and (
+            self.max_drop is not None or self.quantize == "static" or self.weighting == "activations"
+        ):
+            raise InvalidSpec(
+                "max_drop, static quantization and weighting by activations take single-input models "
+                "for now; leave them out for this model."
+            )
+        weighting = method.weighting_for(self.weighting, data is not None and not several)
         return Plan(rule, weighting, self.max_drop, self.quantize)
 
 
@@ -168,18 +205,17 @@ def compress(
     chosen, config, stages = get(method), config or TrainConfig(), stages or Stages(None, None)
     plan = options.resolve(chosen, rule, data)
     trains = chosen.retrains or finetune_epochs > 0 or plan.uses_data
-    sample = {model.info.inputs[0].name: data.sample_shape} if data is not None else None
+    sample = data.sample_shapes if data is not None else None
+    output = _scores(model, data, config.output)
     stages.enter("evaluate-original")
     x_eval, y_eval = _evaluation_split(data, trains)
-    reference = _reference(model, x_eval, y_eval)
+    reference = _reference(model, x_eval, y_eval, output)
     stages.enter("compress")
     progress = _training_progress(stages.notify, config.epochs if chosen.retrains else 0, finetune_epochs)
     hooks = Hooks(progress, stages.should_stop, checkpoint_dir)
     result, search = run_method(model, chosen, plan, data, config, finetune_epochs, hooks)
     quantized = _quantize(stages, result.model, plan.quantize, data)
-    stages.enter("evaluate-compressed")
-    final = quantized[0] if quantized else result.model
-    outputs = [metrics.predict(m, x_eval) if x_eval is not None else None for m in (result.model, final)]
+    final, outputs = _evaluate(stages, result.model, quantized, x_eval, output)
     stages.enter("latency")
     latency = _latencies(evaluation, model, [result.model, final] if quantized else [final], sample)
     stages.finish()
@@ -208,6 +244,21 @@ def compress(
             compressed=staged[1] if quantized else None,
         ),
     )
+
+
+def _evaluate(
+    stages: Stages,
+    compressed: onnx.ModelProto,
+    quantized: tuple[onnx.ModelProto, dict[str, Any]] | None,
+    x_eval: Any,
+    output: str | None,
+) -> tuple[onnx.ModelProto, list[np.ndarray | None]]:
+    """The final model (quantized, when it was) and the outputs of the compressed and the final
+    model on the evaluation split."""
+    stages.enter("evaluate-compressed")
+    final = quantized[0] if quantized else compressed
+    models = (compressed, final)
+    return final, [metrics.predict(m, x_eval, output=output) if x_eval is not None else None for m in models]
 
 
 def _training_block(
@@ -248,7 +299,12 @@ def run_method(
     split = None
     if plan.max_drop is not None and data is not None:
         data, split = search_split(model, data)
-    training = TrainingData(model.proto, data, model.info.inputs[0].name) if data is not None else None
+    training = (
+        TrainingData(model.proto, data, model.info.inputs[0].name, config.output)
+        if data is not None
+        else None
+    )
+    method.check_model(model.proto, plan.rule, training.sample_shapes if training is not None else None)
     trained = method.train(model, training, config, hooks)
     found = None
     if split is not None and plan.max_drop is not None:
@@ -308,26 +364,45 @@ def _training_progress(
     return forward
 
 
-def _evaluation_split(dataset: Dataset | None, trains: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _scores(model: LoadedModel, data: Dataset | None, name: str | None) -> str | None:
+    """The output whose scores are measured, when there is data to measure them on."""
+    from compressors.onnx.outputs import score_output
+
+    return score_output(model.proto, name, data.num_classes) if data is not None else None
+
+
+def _evaluation_split(
+    dataset: Dataset | None, trains: bool
+) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
     """What accuracy is measured on: the held-out split whenever anything is trained on the
     rest (so the report never scores a model on its own training data), else every sample."""
     if dataset is None:
         return None, None
     if trains:
-        return dataset.x_val, dataset.y_val
+        return dataset.inputs(val=True), dataset.y_val
     return dataset.all_inputs()
 
 
-def _reference(model: LoadedModel, x_eval: np.ndarray | None, y_eval: np.ndarray | None) -> np.ndarray | None:
-    """The original model's outputs on the evaluation split, checked against the labels."""
+def _reference(
+    model: LoadedModel, x_eval: list[np.ndarray] | None, y_eval: np.ndarray | None, output: str | None
+) -> np.ndarray | None:
+    """The original model's scores on the evaluation split, checked against the labels."""
     if x_eval is None:
         return None
-    reference = metrics.predict(model.proto, x_eval)
-    if y_eval is not None and int(y_eval.max()) >= reference.shape[1]:
-        raise DatasetRejected(
-            f"labels go up to {int(y_eval.max())} but the model has {reference.shape[1]} outputs; "
-            "check that the dataset belongs to this model."
-        )
+    reference = metrics.predict(model.proto, x_eval, output=output)
+    if y_eval is not None:
+        per_position = reference.ndim == 3
+        if per_position != (y_eval.ndim == 2) or (per_position and y_eval.shape[1] != reference.shape[1]):
+            raise DatasetRejected(
+                f"the labels are shaped {tuple(y_eval.shape)} but the output {output!r} gives scores shaped "
+                f"{tuple(reference.shape)}: give one label per sample for (N, classes) scores, one per "
+                "position (N, seq) for (N, seq, classes)."
+            )
+        if int(y_eval.max()) >= reference.shape[-1]:
+            raise DatasetRejected(
+                f"labels go up to {int(y_eval.max())} but the output {output!r} has {reference.shape[-1]} "
+                "scores; check that the dataset belongs to this model, or choose another output."
+            )
     return reference
 
 

@@ -72,6 +72,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     prepared.CopyFrom(model)
     _hoist_constants(prepared.graph)
     _materialize_shared_weights(prepared.graph)
+    _untie_copied_weights(prepared.graph)
     prepared = _down_convert_if_it_helps(prepared, opset_of(model))
     _relax_reshape_allowzero(prepared.graph)
     return prepared
@@ -154,6 +155,74 @@ def _materialize_shared_weights(graph: onnx.GraphProto) -> None:
             graph.node.remove(node)
 
 
+# operators whose torch layer holds a copy of its weights (torch.nn.Conv2d, LayerNorm, ...):
+# one initializer read by several of them would become several parameters
+COPYING_OPS = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "LayerNormalization", "BatchNormalization", "InstanceNormalization"}
+)
+UNTIED = "__untied_"
+
+
+def untie_plan(graph: onnx.GraphProto) -> dict[str, tuple[str, str, int]]:
+    """Per copy to make, (shared initializer, reading node's first output, input index): one
+    for each reading of a float initializer by a ``COPYING_OPS`` node, when the initializer is
+    read more than once.
+    Exporters deduplicate equal initializers (every LayerNorm scale of ones becomes one tensor),
+    and layers that were separate in the user's model must train separately."""
+    inits = initializers(graph)
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for index, node in enumerate(graph.node):
+        for k, name in enumerate(node.input):
+            if name in inits and is_float_tensor(inits[name]):
+                readers.setdefault(name, []).append((index, k))
+    plan = {}
+    for name, reads in readers.items():
+        if len(reads) < 2:
+            continue
+        copying = [(i, k) for i, k in reads if graph.node[i].op_type in COPYING_OPS]
+        for n, (index, k) in enumerate(copying):
+            plan[f"{name}{UNTIED}{n}"] = (name, graph.node[index].output[0], k)
+    return plan
+
+
+def _untie_copied_weights(graph: onnx.GraphProto) -> None:
+    inits, made_by = initializers(graph), producers(graph)
+    for copy_name, (name, reader, k) in untie_plan(graph).items():
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = copy_name
+        graph.initializer.append(copy)
+        made_by[reader].input[k] = copy_name
+
+
+def _user_untie_plan(model: onnx.ModelProto) -> dict[str, tuple[str, str, int]]:
+    """``untie_plan`` of the graph ``prepare`` unties, read off the user's graph."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    _hoist_constants(graph)
+    _materialize_shared_weights(graph)
+    return untie_plan(graph)
+
+
+def _write_untied(
+    graph: onnx.GraphProto, plan: dict[str, tuple[str, str, int]], copy_name: str, value: np.ndarray
+) -> None:
+    """The layer that trained its own copy of a shared initializer reads a tensor of its own,
+    unless the copy still equals the shared one (then the user's graph stays as it was)."""
+    name, reader, k = plan[copy_name]
+    inits, made_by = initializers(graph), producers(graph)
+    if name not in inits or reader not in made_by:
+        log.info("the trained copy %s has no place in the graph; left as it was", copy_name)
+        return
+    template = inits[name]
+    if np.array_equal(numpy_helper.to_array(template), value.astype(numpy_helper.to_array(template).dtype)):
+        return
+    own = _like(template, value)
+    own.name = copy_name
+    graph.initializer.append(own)
+    made_by[reader].input[k] = copy_name
+
+
 def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
     """``allowzero`` only matters where the target shape holds a 0, and with allowzero=1 a 0
     in the target makes the output, hence the input, empty. Training never feeds empty
@@ -171,9 +240,21 @@ def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
                     attr.i = 0
 
 
-def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
-    """(True, "") when every operator converts to torch; else (False, why), naming the
-    operator and the node."""
+def check_retrainable(model: onnx.ModelProto, output: str | None = None) -> tuple[bool, str]:
+    """(True, "") when every operator that computes the class scores (``output``, or the
+    output ``compressors.onnx.outputs`` finds, read before a final Softmax) converts to torch;
+    else (False, why), naming the operator and the node."""
+    from compressors.errors import InvalidSpec
+    from compressors.onnx.outputs import logits_of, score_output, up_to
+
+    try:
+        scored = logits_of(model, score_output(model, output))
+    except InvalidSpec as exc:
+        return False, exc.message
+    return _verdict(up_to(model, scored))
+
+
+def _verdict(model: onnx.ModelProto) -> tuple[bool, str]:
     try:
         prepared = prepare(model)
     except NotRetrainable as exc:
@@ -195,7 +276,7 @@ def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
 
 def to_torch(model: onnx.ModelProto) -> TrainableModel:
     """A trainable torch module computing what ``model`` computes, at any batch size."""
-    ok, why = check_retrainable(model)
+    ok, why = _verdict(model)
     if not ok:
         raise NotRetrainable(f"the model cannot be retrained: {why}; use svd or prune instead.")
     prepared = prepare(model)
@@ -288,14 +369,20 @@ def _parameter_sources(module: torch.fx.GraphModule, prepared: onnx.ModelProto) 
 
 
 def _bind(trainable: TrainableModel, prepared: onnx.ModelProto) -> None:
-    """Bind each float parameter to the single-use initializer it holds (by source and content);
-    what cannot be bound, or is shared by several nodes, stays frozen."""
+    """Bind each float parameter to the initializer it holds (by source and content); a
+    tensor several nodes read is one parameter for all of them (``_tie_buffers``). What
+    cannot be bound stays frozen."""
     uses: dict[str, int] = {}
     for node in prepared.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    tensors = {t.name: t for t in prepared.graph.initializer if is_float_tensor(t) and uses.get(t.name) == 1}
     sources = _parameter_sources(trainable.module, prepared)  # type: ignore[arg-type]
+    tied = _tie_buffers(trainable.module, sources, uses)
+    tensors = {
+        t.name: t
+        for t in prepared.graph.initializer
+        if is_float_tensor(t) and (uses.get(t.name) == 1 or t.name in tied)
+    }
     taken: set[str] = set()
     for name, param in trainable.module.named_parameters():
         value = param.detach().cpu().numpy()
@@ -308,6 +395,35 @@ def _bind(trainable: TrainableModel, prepared: onnx.ModelProto) -> None:
         else:
             taken.add(binding.tensor)
             trainable.bindings[name] = binding
+
+
+def _tie_buffers(module: torch.nn.Module, sources: dict[str, list[str]], uses: dict[str, int]) -> set[str]:
+    """onnx2torch makes one initializer buffer per reading node, so a tensor read by several
+    nodes (a language model's head tied to its token embedding, through a Transpose) would
+    train as independent copies. Every reading gets the same parameter instead; returns the
+    tensors so tied."""
+    container = getattr(module, "initializers", None)
+    if container is None:
+        return set()
+    readers: dict[str, list[str]] = {}
+    for target, tensors in sources.items():
+        if target.startswith("initializers.") and len(tensors) == 1 and uses.get(tensors[0], 0) > 1:
+            readers.setdefault(tensors[0], []).append(target.split(".", 1)[1])
+    own = dict(container.named_parameters(recurse=False))
+    tied = set()
+    for tensor, names in readers.items():
+        if (
+            len(names) < 2
+            or not all(n in own for n in names)
+            or any(own[n].shape != own[names[0]].shape for n in names)
+        ):
+            continue
+        keep = own[names[0]]
+        for other in names[1:]:
+            delattr(container, other)
+            container.register_parameter(other, keep)
+        tied.add(tensor)
+    return tied
 
 
 def _claim(value: np.ndarray, candidates: list[str], tensors: dict[str, onnx.TensorProto]) -> Binding | None:
@@ -328,6 +444,7 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
     targets = {t.name: t for t in out.graph.initializer}
     constants = {n.output[0]: n for n in out.graph.node if n.op_type == "Constant"}
     identities = {n.output[0]: n for n in out.graph.node if n.op_type == "Identity"}
+    plan = _user_untie_plan(model) if any(UNTIED in b.tensor for b in trainable.bindings.values()) else {}
     for name, binding in trainable.bindings.items():
         value = params[name].detach().cpu().numpy()
         if binding.transposed:
@@ -340,6 +457,8 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
             attr.t.CopyFrom(_like(attr.t, value))
         elif binding.tensor in identities:
             _split_shared(out.graph, identities[binding.tensor], value)
+        elif binding.tensor in plan:
+            _write_untied(out.graph, plan, binding.tensor, value)
     return out
 
 

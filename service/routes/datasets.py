@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from service.problems import Problem
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
-from service.store import ArtifactStore, stream_to_file
+from service.store import ArtifactStore, clean_name, stream_to_file
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -34,7 +33,8 @@ _NPZ = {
     "type": "string",
     "format": "binary",
     "contentMediaType": "application/octet-stream",
-    "description": ".npz with x (and y, x_val, y_val); never unpickled",
+    "description": ".npz with one array per model input, named after it (x for a single input), "
+    "and y; a validation split under the same names with _val; never unpickled",
 }
 # One content type only: generated clients mishandle an operation with two request bodies
 # (openapi-python-client emits a module that does not import). The JSON form
@@ -53,7 +53,10 @@ _BODY = {
             },
         },
     },
-    "responses": {"415": {"description": "neither multipart/form-data nor application/json"}},
+    "responses": {
+        "415": {"description": "neither multipart/form-data nor application/json"},
+        "507": {"description": "the server is out of storage; retry later (Retry-After)"},
+    },
 }
 _DESCRIPTION = (
     "Upload an .npz as multipart field `file`, or name a built-in set in field `builtin`. "
@@ -93,15 +96,32 @@ def describe_npz(path: Path) -> dict[str, Any]:
         ) from exc
     except Exception as exc:
         raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
-    x = arrays.get("x")
-    if x is None or x.ndim < 2 or not np.issubdtype(x.dtype, np.floating) or len(x) == 0:
-        raise DatasetRejected("the .npz needs a float array 'x' shaped (N, ...) with N >= 1.")
+    inputs = {k: a for k, a in arrays.items() if k not in ("y", "y_val") and not k.endswith("_val")}
+    for key, array in inputs.items():
+        numeric = np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        if array.ndim < 2 or not numeric or len(array) == 0:
+            raise DatasetRejected(
+                f"'{key}' must be a numeric array shaped (N, ...) with N >= 1: one array per model "
+                "input, named after it (x for a single input)."
+            )
+    if not inputs:
+        raise DatasetRejected(
+            "the .npz needs one array per model input, named after it (x for a single input)."
+        )
+    counts = {len(a) for a in inputs.values()}
+    if len(counts) > 1:
+        raise DatasetRejected(f"the input arrays hold different numbers of samples: {sorted(counts)}.")
+    x = inputs.get("x", next(iter(inputs.values())))
     for key in ("y", "y_val"):
-        if key in arrays and (arrays[key].ndim != 1 or not np.issubdtype(arrays[key].dtype, np.integer)):
-            raise DatasetRejected(f"'{key}' must be a 1-D array of integer class labels.")
+        if key in arrays and (
+            arrays[key].ndim not in (1, 2) or not np.issubdtype(arrays[key].dtype, np.integer)
+        ):
+            raise DatasetRejected(
+                f"'{key}' must hold integer class labels: one per sample, or one per position (N, seq)."
+            )
     if "y" in arrays and len(arrays["y"]) != len(x):
         raise DatasetRejected(f"'y' has {len(arrays['y'])} labels for {len(x)} inputs; they must match.")
-    val = arrays.get("x_val")
+    val = next((a for k, a in arrays.items() if k.endswith("_val") and k != "y_val"), None)
     return {
         "samples": len(x),
         "sample_shape": [int(d) for d in x.shape[1:]],
@@ -141,7 +161,7 @@ def _builtin_from_json(body: bytes) -> str:
 async def _store_npz(
     upload: UploadFile, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> StoredDataset:
-    staging = Path(tempfile.mkdtemp(dir=store.tmp_dir()))
+    staging = store.staging()
     try:
         target = staging / "data.npz"
 
@@ -154,7 +174,7 @@ async def _store_npz(
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
         dataset = StoredDataset(
             tenant_id=tenant.id,
-            name=Path(upload.filename or "data.npz").name[:300],
+            name=clean_name(upload.filename, "data.npz", limit=300),
             builtin=None,
             sha256=digest,
             size_bytes=size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +17,7 @@ from service.models import StoredModel
 from service.problems import Problem
 from service.routes import paginate
 from service.schemas import ModelRecord, Page
-from service.store import stream_to_file
+from service.store import clean_name, stream_to_file
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -29,6 +29,12 @@ _NEXT = {
         operation: {"operationId": operation, "requestBody": {"model_id": "$response.body#/id"}}
         for operation in ("jobs-create", "sweeps-create")
     }
+}
+
+
+_CREATED: dict[int | str, dict[str, Any]] = {
+    201: _NEXT,
+    507: {"description": "the server is out of storage; retry later (Retry-After)"},
 }
 
 
@@ -65,7 +71,7 @@ async def _chunks(upload: UploadFile):  # type: ignore[no-untyped-def]
 
 
 @router.post(
-    "", status_code=201, response_model=ModelRecord, operation_id="models-create", responses={201: _NEXT}
+    "", status_code=201, response_model=ModelRecord, operation_id="models-create", responses=_CREATED
 )
 async def create_model(
     file: Annotated[UploadFile, File(description=".onnx file or .zip bundle with external data")],
@@ -74,12 +80,12 @@ async def create_model(
     settings: SettingsDep,
     store: StoreDep,
 ) -> ModelRecord:
-    name = Path(file.filename or "model.onnx").name
+    name = clean_name(file.filename, "model.onnx")
     if not name.lower().endswith((".onnx", ".zip")):
         raise Problem("model-rejected", f"'{name}' is neither an .onnx file nor a .zip bundle.")
-    staging = Path(tempfile.mkdtemp(dir=store.tmp_dir()))
+    staging = store.staging()
     try:
-        upload = staging / ("upload.zip" if name.lower().endswith(".zip") else "upload.onnx")
+        upload = staging / name
         size = await stream_to_file(_chunks(file), upload, settings.max_model_bytes)
         info = await run_in_threadpool(_inspect, upload, Limits(max_file_bytes=settings.max_model_bytes))
         model = StoredModel(
