@@ -327,9 +327,9 @@ def main() -> None:
     # models may run in separate processes (one each, side by side); results merge by model
     path = RESULTS / "peers.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    aimet = (
-        run_aimet(names) if args.aimet == "run" else previous.get("aimet", {"ran": False, "why": "not run"})
-    )
+    aimet_names = args.aimet_models.split(",") if args.aimet_models else names
+    kept = previous.get("aimet", {"ran": False, "why": "not run"})
+    aimet = run_aimet(aimet_names) if args.aimet == "run" else kept
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"runs": {**previous.get("runs", {}), **runs}, "aimet": aimet, "drop": DROP, "targets": TARGETS,
               "rounds": rounds, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
