@@ -125,6 +125,11 @@ def execute(settings: Settings, job: Job, owner: str) -> str:
         status, error = _run(settings, store, job, owner, lease)
         if status == "stopped":
             status, error = _why_stopped(settings, lease)
+        if status == "failed" and _drain.is_set() and not lease.timed_out:
+            # the SIGTERM that drains this worker also reaches its children (the ONNX parser's
+            # sandbox): a failure during shutdown is not the job's; it runs again after restart
+            log.warning("job %s failed while the worker was stopping; handed back", job.id)
+            status, error = "released", None
         if status == "lost" or (lease.lost and status != "succeeded"):
             return "lost"
         if status == "released":
