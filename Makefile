@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/factorize.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/review.py
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/zoo.py
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/review.py            # full run (CPU, ~15 minutes on 2 cores)
     .venv/bin/python bench/review.py --quick    # smoke run
+    .venv/bin/python bench/review.py --part weighting   # only the activation-weighted arm (below)
 
 Two models are trained here (seeded) and exported the way users export theirs: the MLP
 64-512-512-10 and a small CNN (examples.digits). For each model, method, strength and
@@ -10,6 +11,12 @@ pruned at every target (``compressors.curves``); each point is evaluated on the 
 20% of digits. Writes bench/results/review.json (SPEC schema; every point also names its
 model), docs/review.md (per method the largest params and MACs reduction at <= 1% accuracy
 drop, mean ± std over seeds, and the with/without-regularizer ablation) and docs/review.png.
+
+``--part weighting`` reruns the with/without-regularizer ablation (svd, l2 λ=2, nuclear λ=5, the
+ablation's seeds and targets, 2^(1/4) apart) with every trained model cut twice: truncation by
+weight energy and by activations (``rank.weighting``).
+It adds ``weighting`` to bench/results/review.json, keeping the rest, and rewrites the
+section between the ``<!-- weighting -->`` markers of docs/review.md.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compressors.curves import Curve, SweepSpec, plot_curve, sweep  # noqa: E402
+from compressors.curves import Curve, Point, SweepSpec, plot_curve, sweep  # noqa: E402
 from compressors.intake.datasets import load_dataset  # noqa: E402
 from compressors.intake.loading import load_model  # noqa: E402
 from compressors.methods import get  # noqa: E402
@@ -76,6 +83,7 @@ SCHEDULES = {  # name: (lr schedule, λ ramp)
 ENERGIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 METHODS = ("svd", "prune", "l2", "l1", "group_lasso", "variational", "nuclear")
 DROP = 0.01
+WEIGHTED = ("svd", "l2", "nuclear")  # the methods whose truncation can be weighted by activations
 
 
 def build_models(quick: bool) -> dict[str, Path]:
@@ -205,16 +213,121 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--part", choices=["all", "weighting"], default="all")
     args = parser.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     epochs = {"mlp": 3 if args.quick else 20, "cnn": 2 if args.quick else 8}
     started = time.perf_counter()
+    if args.part == "weighting":
+        weighted = {
+            name: run_weighting(name, path, seeds, epochs[name], args.quick)
+            for name, path in build_models(args.quick).items()
+            if name in args.models.split(",")
+        }
+        write_weighting(weighted, seeds, time.perf_counter() - started)
+        return
     runs = {
         name: run_model(name, path, seeds, epochs[name], args.quick)
         for name, path in build_models(args.quick).items()
         if name in args.models.split(",")
     }
     write_outputs(runs, seeds, time.perf_counter() - started)
+
+
+def run_weighting(name: str, path: Path, seeds: list[int], epochs: int, quick: bool) -> dict:
+    """svd, l2 and nuclear, each trained model cut with and without activation weighting."""
+    targets = ABLATION_TARGETS[::3] if quick else ABLATION_TARGETS
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(path, Path(tmp))
+        data = load_dataset("digits", model.info.inputs[0])
+        training = TrainingData.build(model.proto, data, model.info.inputs[0].name)
+        config = TrainConfig(epochs=epochs, lr=1e-3, lr_schedule=LR_SCHEDULE)
+        strengths = {m: s for m, s in ABLATION.items() if s[0] is not None}
+        spec = SweepSpec(
+            WEIGHTED, targets, strengths, seeds, config=config, prox_every=PROX_EVERY,
+            weightings=("none", "activations"),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        curve = sweep(model, training, spec)
+        print(
+            f"{name}: weighting arm, {len(curve.points)} points in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    return {"curve": curve, "epochs": epochs, "seconds": time.perf_counter() - t0}
+
+
+def write_weighting(runs: dict[str, dict], seeds: list[int], seconds: float) -> None:
+    """Merge the weighting arm into review.json and its section of docs/review.md."""
+    path = RESULTS / "review.json"
+    review = json.loads(path.read_text()) if path.exists() else {}
+    # models may run in separate processes: each merges its own into what is saved
+    review.setdefault("weighting", {}).update(
+        {
+            name: {
+                "baseline_accuracy": run["curve"].baseline_accuracy,
+                "points": [asdict(p) for p in run["curve"].points],
+                "seeds": seeds,
+                "epochs": run["epochs"],
+                "seconds": round(run["seconds"], 1),
+            }
+            for name, run in runs.items()
+        }
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(review, indent=1))
+    saved = {
+        name: {
+            "curve": Curve(run["baseline_accuracy"], "accuracy", [Point(**p) for p in run["points"]]),
+            "seconds": run["seconds"],
+        }
+        for name, run in review["weighting"].items()
+    }
+    table = render_weighting(saved, seeds, seconds)
+    doc = DOCS / "review.md"
+    text = doc.read_text() if doc.exists() else ""
+    if "<!-- weighting -->" not in text:
+        text += "\n## Truncation weighted by activations\n\n<!-- weighting -->\n<!-- /weighting -->\n"
+    head, _, rest = text.partition("<!-- weighting -->")
+    _, _, tail = rest.partition("<!-- /weighting -->")
+    doc.write_text(f"{head}<!-- weighting -->\n{table}\n<!-- /weighting -->{tail}")
+    print(table)
+
+
+def render_weighting(runs: dict[str, dict], seeds: list[int], seconds: float) -> str:
+    lines = [
+        f"Generated by `bench/review.py --part weighting`, seeds {', '.join(map(str, seeds))}; "
+        "points in `bench/results/review.json` under `weighting`.",
+        "",
+    ]
+    for name, run in runs.items():
+        curve = run["curve"]
+        lines += [
+            f"### {name} (baseline accuracy {curve.baseline_accuracy:.4f})",
+            "",
+            "Largest MACs reduction with accuracy at most 1 point below the original (mean ± std over "
+            "seeds; targets 2^(1/4) apart), and the best top-1 at 0.0625 of the MACs over seeds.",
+            "",
+            "| method | weighting none | weighting activations | top-1 at 0.0625, none → activations |",
+            "|---|---|---|---|",
+        ]
+        best: dict[str, dict[str, float]] = {}
+        for method in WEIGHTED:
+            cells, at = [], []
+            for weighting in ("none", "activations"):
+                mine = [p for p in curve.points if p.method == method and p.weighting == weighting]
+                row = summarize(Curve(curve.baseline_accuracy, curve.metric, mine), (method,), seeds)
+                cells.append(fmt(row[method]["macs"]))
+                best.setdefault(weighting, {})[method] = statistics.mean(row[method]["macs"])
+                near = [p.accuracy for p in mine if p.target == 0.0625]
+                at.append(f"{max(near):.4f}" if near else "n/a")
+            lines.append(f"| {_arm(method)} | {cells[0]} | {cells[1]} | {at[0]} → {at[1]} |")
+        for weighting in ("none", "activations"):
+            other = max(v for m, v in best[weighting].items() if m != "nuclear")
+            lines.append(
+                f"\nnuclear ÷ best of svd and l2 ({weighting}): **{best[weighting]['nuclear'] / other:.2f}**"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _goal(summary: dict[str, dict[str, list[float]]]) -> tuple[float, str, float]:

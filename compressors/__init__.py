@@ -31,10 +31,11 @@ from compressors.errors import (
 )
 from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES, Dataset, load_dataset
 from compressors.intake.loading import Limits, LoadedModel, load_model
-from compressors.methods import METHODS, RULES, Method
+from compressors.methods import METHODS, RULES, WEIGHTINGS, Method, Weighting
 from compressors.onnx.inspection import ModelInfo
+from compressors.onnx.quantize import QUANTIZE_MODES, Quantize
 from compressors.onnx.ranks import Energy, RankRule, Target
-from compressors.pipeline import Compressed, Evaluation, Progress, Stages, compress
+from compressors.pipeline import Compressed, CompressOptions, Evaluation, Progress, Stages, compress
 from compressors.report import SCHEMA_VERSION, Report, finite, library_versions, strict_json, summary_rows
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData, TrainProgress
 
@@ -43,8 +44,11 @@ __all__ = [
     "HOLDOUT",
     "MAX_DATASET_BYTES",
     "METHODS",
+    "QUANTIZE_MODES",
     "RULES",
     "SCHEMA_VERSION",
+    "WEIGHTINGS",
+    "CompressOptions",
     "Compressed",
     "Curve",
     "Dataset",
@@ -64,6 +68,7 @@ __all__ = [
     "NotRetrainable",
     "Point",
     "Progress",
+    "Quantize",
     "RankRule",
     "Report",
     "Stages",
@@ -75,6 +80,7 @@ __all__ = [
     "TrainingDiverged",
     "UnsafeArchive",
     "UnsafeExternalData",
+    "Weighting",
     "compress",
     "finite",
     "inspect_model",

@@ -19,7 +19,7 @@ import onnx
 
 from compressors.errors import InvalidSpec
 from compressors.intake.loading import LoadedModel
-from compressors.methods import Method, get
+from compressors.methods import Method, Weighting, get
 from compressors.onnx import metrics
 from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Target
@@ -41,6 +41,7 @@ class Point:
     macs_ratio: float
     accuracy: float  # top-1 when labelled, else top-1 agreement with the original
     latency_ratio: float | None = None  # batch-1 onnxruntime latency after / before
+    weighting: str = "none"  # how truncation weighed what it dropped (methods that truncate by SVD)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class SweepSpec:
     latency: bool = False
     ramp: float = 0.0  # nuclear: fraction of training over which λ rises from 0
     prox_every: int | None = None  # nuclear: fixed prox interval (None: adaptive)
+    weightings: Sequence[Weighting] = ("none",)  # each cut once per weighting, for methods that weigh
 
 
 def sweep(
@@ -102,17 +104,24 @@ def sweep(
                 spec.config, seed=seed, strength=strength, strength_ramp=spec.ramp, prox_every=spec.prox_every
             )
             trained = method.train(model, training, config, hooks)
-            for target in spec.targets:
+            for weighting, target in _cuts(method, spec):
                 try:
-                    result = trained.cut(Target(target, method.sweep_metric))
+                    result = trained.cut(Target(target, method.sweep_metric), weighting)
                 except InvalidSpec:
                     continue  # a target below what this model can reach
                 finish(result, training, config, spec.finetune_epochs, hooks, method.sparse)
                 point = _point(method.name, seed, strength, target, model, result, training, base_latency)
+                point.weighting = weighting
                 curve.points.append(point)
                 if on_point is not None:
                     on_point(point)
     return curve
+
+
+def _cuts(method: Method, spec: SweepSpec) -> list[tuple[Weighting, float]]:
+    """(weighting, target) pairs to cut one trained model at."""
+    weightings = spec.weightings if method.weighs else ("none",)
+    return [(weighting, target) for weighting in weightings for target in spec.targets]
 
 
 def _grid(method: Method, spec: SweepSpec) -> list[tuple[int, float | None]]:

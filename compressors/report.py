@@ -14,7 +14,7 @@ from compressors.intake.loading import LoadedModel
 from compressors.onnx.graph import fixed_batch
 from compressors.onnx.result import LayerResult
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Report:
     seeds: dict[str, int]
     training: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    weighting: str = "none"  # how truncation was weighed: "activations" (on data) or "none"
+    search: dict[str, Any] | None = None  # the max_drop search: chosen target, trace, report-split drop
+    quantize: dict[str, Any] | None = None  # how INT8 was applied; None when it was not
+    compressed: Measurements | None = None  # the model before quantization, when quantized
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
     schema_version: str = SCHEMA_VERSION
 
@@ -134,9 +138,42 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
                     f"{a.accuracy[key] - b.accuracy[key]:+.4f}",
                 )
             )
+    rows += _stage_rows(report)
     if a.fidelity:
         rows.append(("top-1 agreement", "1.0000", f"{a.fidelity['top1_agreement']:.4f}", ""))
         rows.append(("max |logit diff|", "0", f"{a.fidelity['max_abs_logit_diff']:.4g}", ""))
+    return rows
+
+
+def _stage_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """What compression alone gave, before quantization: size, latency, accuracy."""
+    b, c = report.before, report.compressed
+    if c is None:
+        return []
+    rows = [
+        (
+            "file bytes, before INT8",
+            f"{b.file_bytes:,}",
+            f"{c.file_bytes:,}",
+            f"{c.file_bytes / b.file_bytes:.3f}",
+        )
+    ]
+    for batch, ms in c.latency_ms.items():
+        was = b.latency_ms.get(batch)
+        if ms is not None and was:
+            rows.append(
+                (f"latency ms, batch {batch}, before INT8", f"{was:.3f}", f"{ms:.3f}", f"{ms / was:.3f}")
+            )
+    if b.accuracy and c.accuracy:
+        top1 = c.accuracy["top1"]
+        rows.append(
+            (
+                "accuracy top1, before INT8",
+                f"{b.accuracy['top1']:.4f}",
+                f"{top1:.4f}",
+                f"{top1 - b.accuracy['top1']:+.4f}",
+            )
+        )
     return rows
 
 

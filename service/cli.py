@@ -75,6 +75,17 @@ def _add_compress(compress: argparse.ArgumentParser) -> None:
     rank.add_argument("--energy", type=float, help="keep >= this share of Σσ² per layer (0..1]")
     rank.add_argument("--target-macs", type=float, help="whole-model MACs after / before (0..1)")
     rank.add_argument("--target-params", type=float, help="whole-model params after / before (0..1)")
+    rank.add_argument(
+        "--max-drop", type=float, help="the largest reduction whose top-1 drop stays within this (e.g. 0.01)"
+    )
+    compress.add_argument(
+        "--weighting",
+        choices=["activations", "none"],
+        help="truncate by each layer's output on the data (default with --data) or by weight energy",
+    )
+    compress.add_argument(
+        "--quantize", choices=["none", "dynamic", "static"], help="INT8 on top (static calibrates on --data)"
+    )
     compress.add_argument(
         "--data", help="'digits' or an .npz: one array per model input (x for a single input), and y"
     )
@@ -345,7 +356,7 @@ def _print_best(curve: Curve, methods: Sequence[str]) -> None:
     Console().print(table)
 
 
-RANK_FLAGS = ("energy", "target_macs", "target_params")
+RANK_FLAGS = ("energy", "target_macs", "target_params", "max_drop")
 TRAINING_FLAGS = (
     "epochs",
     "finetune_epochs",
@@ -362,8 +373,15 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     """The job spec (as the API takes it) from command-line flags; unset flags keep defaults."""
     spec: dict = {"method": args.method}
     rank = _given(args, RANK_FLAGS)
+    if args.weighting is not None:
+        from compressors import METHODS
+
+        default = METHODS[args.method].default_rule  # --weighting alone keeps the method's rule
+        rank = {**(rank or dict(default or {})), "weighting": args.weighting}
     if rank:
         spec["rank"] = rank
+    if args.quantize is not None:
+        spec["quantize"] = args.quantize
     training = _given(args, TRAINING_FLAGS)
     if args.distill:
         training["distill"] = True

@@ -64,6 +64,18 @@ class CompressionReport(_Open):
     training: dict[str, Any] | None
     notes: list[str]
     versions: dict[str, str]
+    weighting: Literal["activations", "none"] | None = Field(
+        None, description="how truncation weighed what it dropped: by activations on the data, or not"
+    )
+    search: dict[str, Any] | None = Field(
+        None,
+        description="the max_drop search: max_drop, metric, chosen_target, trace of every cut tried, "
+        "and report_drop, the drop on the report split",
+    )
+    quantize: dict[str, Any] | None = Field(None, description="how INT8 was applied; null when it was not")
+    compressed: Measurements | None = Field(
+        None, description="the compressed model before quantization (when quantized); after is the final one"
+    )
 
 
 class CurvePoint(_Open):
@@ -75,6 +87,7 @@ class CurvePoint(_Open):
     macs_ratio: float
     accuracy: float = Field(description="top-1, or top-1 agreement with the original without labels")
     latency_ratio: float | None = None
+    weighting: str = "none"
 
 
 class SweepReport(_Open):

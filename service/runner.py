@@ -68,6 +68,7 @@ def run_job(
         ),
         stages=stages,
         checkpoint_dir=checkpoint_dir or workdir / "checkpoints",
+        options=spec.options(),
     )
     return _write(done, stages, out_dir)
 

@@ -14,9 +14,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from compressors import METHODS, RULES, Energy, InvalidSpec, Method, RankRule, Target, TrainConfig
+from compressors import (
+    METHODS,
+    RULES,
+    CompressOptions,
+    Energy,
+    InvalidSpec,
+    Method,
+    Quantize,
+    RankRule,
+    Target,
+    TrainConfig,
+    Weighting,
+)
 
 RANK_KEYS = RULES
+BUDGET_KEYS = (*RULES, "max_drop")  # exactly one of these picks how far to compress
 
 
 def integral(value: object) -> object:
@@ -42,22 +55,39 @@ def _exactly_one(*keys: str) -> dict:
 
 
 class RankSpec(BaseModel):
-    """Exactly one of: per-layer energy, or a whole-model target ratio."""
+    """Exactly one of: per-layer energy, a whole-model target ratio, or an accuracy budget;
+    and how truncation weighs what it drops."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one(*RANK_KEYS))
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one(*BUDGET_KEYS))
 
     energy: float | None = Field(None, gt=0.0, le=1.0, description="keep >= this share of Σσ² per layer")
     target_macs: float | None = Field(None, gt=0.0, lt=1.0, description="MACs after / before, whole model")
     target_params: float | None = Field(None, gt=0.0, lt=1.0, description="params after / before")
+    max_drop: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="the largest reduction (MACs; params for sparse methods) whose top-1 drop, or "
+        "disagreement with the original without labels, stays within this; searched on the training "
+        "split, reported on the held-out one",
+    )
+    weighting: Weighting | None = Field(
+        None,
+        description="activations: truncate each layer to keep its output on the data (svd, l2, "
+        "nuclear); none: by weight energy. Default: activations when a dataset is given",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RankSpec:
-        given = [k for k in ("energy", "target_macs", "target_params") if getattr(self, k) is not None]
+        given = [k for k in BUDGET_KEYS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of energy, target_macs, target_params")
+            raise ValueError("give exactly one of energy, target_macs, target_params, max_drop")
         return self
 
-    def rule(self) -> RankRule:
+    def rule(self) -> RankRule | None:
+        """The rank rule, or None for an accuracy budget (``max_drop``)."""
+        if self.max_drop is not None:
+            return None
         if self.energy is not None:
             return Energy(self.energy)
         if self.target_macs is not None:
@@ -65,7 +95,7 @@ class RankSpec(BaseModel):
         assert self.target_params is not None
         return Target(self.target_params, "params")
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return self.model_dump(exclude_none=True)
 
 
@@ -130,6 +160,11 @@ class SpecBase(BaseModel):
     rank: RankSpec | None
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    quantize: Quantize = Field(
+        "none",
+        description="INT8 on top with onnxruntime: static (QDQ, per-channel, calibrated on the "
+        "dataset) or dynamic (matrix products only; convolutions stay float)",
+    )
 
     @property
     def seed(self) -> int:
@@ -143,10 +178,20 @@ class SpecBase(BaseModel):
     @model_validator(mode="after")
     def _rule_fits_the_method(self) -> SpecBase:
         try:
-            self.entry.check_rule(self.rank.rule() if self.rank is not None else None)
+            if self.rank is None or self.rank.max_drop is None:
+                self.entry.check_rule(self.rank.rule() if self.rank is not None else None)
+            if self.rank is not None and self.rank.weighting == "activations":
+                self.entry.weighting_for("activations", has_data=True)
         except InvalidSpec as exc:
             raise ValueError(exc.message) from None
         return self
+
+    def options(self) -> CompressOptions:
+        """The weighting, budget and quantization the library is asked for."""
+        rank = self.rank
+        return CompressOptions(
+            rank.weighting if rank else None, rank.max_drop if rank else None, self.quantize
+        )
 
 
 def _schema_extra(method: Method) -> Any:
@@ -172,7 +217,7 @@ def spec_class(method: Method, base: type[BaseModel] = SpecBase, suffix: str = "
         )
     else:
         default = dict(method.default_rule)
-        rank = (RankSpec, Field(default_factory=lambda: RankSpec(**default), **refused))
+        rank = (RankSpec, Field(default_factory=lambda: RankSpec.model_validate(default), **refused))
     cls: type[BaseModel] = create_model(  # type: ignore[call-overload]
         "".join(part.capitalize() for part in method.name.split("_")) + suffix,
         __base__=base,

@@ -9,8 +9,10 @@ from compressors.methods import group_lasso, l1, l2, nuclear, prune, svd, variat
 from compressors.methods.registry import (
     METHODS,
     RULES,
+    WEIGHTINGS,
     Method,
     Trained,
+    Weighting,
     Weights,
     get,
     register,
@@ -21,8 +23,10 @@ from compressors.methods.registry import (
 __all__ = [
     "METHODS",
     "RULES",
+    "WEIGHTINGS",
     "Method",
     "Trained",
+    "Weighting",
     "Weights",
     "get",
     "group_lasso",

@@ -60,7 +60,8 @@ class TrainedGroupLasso:
     summary: dict[str, Any] = field(default_factory=dict)
     affines: dict[str, list[str]] = field(default_factory=dict)  # layer -> normalization tensors
 
-    def cut(self, rule: RankRule | None) -> CompressionResult:
+    def cut(self, rule: RankRule | None, weighting: str = "none") -> CompressionResult:
+        """Remove channels by ``rule``; removal has no truncation to weigh (``weighting`` ignored)."""
         shapes, batch = analysis_shapes(self.source, self.sample_shapes)
         norms = group_norms(self.source, self.layers, self.affines)
         if isinstance(rule, Energy):

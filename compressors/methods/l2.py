@@ -16,13 +16,13 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register("l2", "structure", RULES, {"energy": 0.9}, strength=0.01, sweep=(1e-3, 1e-2, 1e-1))
+@register("l2", "structure", RULES, {"energy": 0.9}, strength=0.01, sweep=(1e-3, 1e-2, 1e-1), weighs=True)
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.retrain import retrain
 
     assert data is not None
     decayed = retrain(model.proto, data, replace(config, weight_decay=config.strength or 0.0), hooks, _none)
-    return Weights(decayed.model, data.sample_shapes, factorize, decayed.summary)
+    return Weights(decayed.model, data.sample_shapes, factorize, decayed.summary, calibration=data.data.x)
 
 
 def _none(*_: object) -> None:

@@ -16,7 +16,7 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register("nuclear", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0))
+@register("nuclear", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0), weighs=True)
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
     from compressors.training.prox import NuclearProx
     from compressors.training.retrain import retrain
@@ -37,4 +37,4 @@ def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, ho
     done = retrain(model.proto, data, config, hooks, prox)
     every = done.regularizer.every if isinstance(done.regularizer, NuclearProx) else None
     summary = {**done.summary, "prox_every": every, "ramp": config.strength_ramp}
-    return Weights(done.model, data.sample_shapes, factorize, summary)
+    return Weights(done.model, data.sample_shapes, factorize, summary, calibration=data.data.x)

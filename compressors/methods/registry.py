@@ -15,11 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
 import onnx
 
 from compressors.errors import InvalidSpec
+from compressors.onnx.activations import OutputMoments, output_grams
 from compressors.onnx.graph import Shape
 from compressors.onnx.inspection import analysis_shapes
+from compressors.onnx.layers import find_layers
+from compressors.onnx.lowrank import factorize
 from compressors.onnx.ranks import Energy, RankRule, Target
 
 if TYPE_CHECKING:
@@ -29,6 +33,10 @@ if TYPE_CHECKING:
 
 Shrinks = Literal["structure", "nonzeros"]
 RULES = ("energy", "target_macs", "target_params")
+# how truncation measures what it throws away: the weights' own energy ("none"), or the
+# layer's output on calibration data ("activations", ``compressors.onnx.activations``)
+Weighting = Literal["activations", "none"]
+WEIGHTINGS: tuple[Weighting, ...] = ("activations", "none")
 
 
 class Trained(Protocol):
@@ -36,7 +44,7 @@ class Trained(Protocol):
 
     summary: dict[str, Any]  # what training did (history, seconds, strength); {} when nothing
 
-    def cut(self, rule: RankRule | None) -> CompressionResult: ...
+    def cut(self, rule: RankRule | None, weighting: Weighting = "none") -> CompressionResult: ...
 
 
 TrainFunction = Callable[["LoadedModel", "TrainingData | None", "TrainConfig", "Hooks"], Trained]
@@ -55,6 +63,7 @@ class Method:
     default_rule: Mapping[str, float] | None  # the rule a spec without one gets; None: the method's own
     strength: float | None  # default regularizer λ; None for training-free methods
     sweep_strengths: tuple[float, ...] = ()  # the λ grid a sweep tries by default
+    weighs: bool = False  # truncates by SVD, so can weigh the truncation by activations
     train_function: TrainFunction | None = field(default=None, compare=False, repr=False)
     precheck: Precheck | None = field(default=None, compare=False, repr=False)
 
@@ -71,6 +80,21 @@ class Method:
     def sweep_metric(self) -> str:
         """What a sweep's targets are ratios of: MACs when it can lower them, else params."""
         return "params" if self.sparse else "macs"
+
+    def weighting_for(self, asked: Weighting | None, has_data: bool) -> Weighting:
+        """The weighting a job gets: activations by default whenever there is data to weigh by."""
+        if asked == "activations" and not self.weighs:
+            raise InvalidSpec(
+                f"{self.name} does not truncate by SVD, so it has no truncation to weigh by "
+                "activations; leave weighting out or set it to none."
+            )
+        if asked == "activations" and not has_data:
+            raise InvalidSpec(
+                "weighting by activations needs data: give a dataset, or set weighting to none."
+            )
+        if asked is not None:
+            return asked
+        return "activations" if self.weighs and has_data else "none"
 
     def strength_for(self, config: TrainConfig) -> float | None:
         return self.strength if config.strength is None else config.strength
@@ -117,6 +141,7 @@ def register(
     *,
     strength: float | None = None,
     sweep: tuple[float, ...] = (),
+    weighs: bool = False,
     precheck: Precheck | None = None,
 ) -> Callable[[TrainFunction], TrainFunction]:
     """Register the decorated ``train`` function as method ``name`` with its facts (see
@@ -128,7 +153,9 @@ def register(
     def add(train: TrainFunction) -> TrainFunction:
         doc = (sys.modules[train.__module__].__doc__ or name).strip().splitlines()[0]
         summary = doc.removeprefix(f"``{name}``: ").rstrip(".")
-        METHODS[name] = Method(name, summary, shrinks, rules, default_rule, strength, sweep, train, precheck)
+        METHODS[name] = Method(
+            name, summary, shrinks, rules, default_rule, strength, sweep, weighs, train, precheck
+        )
         return train
 
     return add
@@ -173,15 +200,26 @@ Cutter = Callable[["onnx.ModelProto", Mapping[str, Shape], RankRule, int], "Comp
 @dataclass
 class Weights:
     """A graph whose weights a method trained (or left as they were), cut by an ONNX-level
-    function such as truncated SVD or magnitude pruning."""
+    function such as truncated SVD or magnitude pruning. With ``calibration`` inputs, a
+    factorizing cut can weigh its truncation by the layers' outputs on them; their
+    statistics are collected once, at the first such cut, and reused by the next."""
 
     model: onnx.ModelProto
     sample_shapes: Mapping[str, Shape] | None
     cutter: Cutter
     summary: dict[str, Any] = field(default_factory=dict)
+    calibration: np.ndarray | None = field(default=None, repr=False)
+    _grams: dict[str, OutputMoments] | None = field(default=None, repr=False, compare=False)
 
-    def cut(self, rule: RankRule | None) -> CompressionResult:
+    def cut(self, rule: RankRule | None, weighting: Weighting = "none") -> CompressionResult:
         if rule is None:
             raise InvalidSpec("give a rank rule: energy, target_macs or target_params.")
         shapes, batch = analysis_shapes(self.model, self.sample_shapes)
-        return self.cutter(self.model, shapes, rule, batch)
+        if weighting == "none":
+            return self.cutter(self.model, shapes, rule, batch)
+        if self.cutter is not factorize or self.calibration is None:
+            raise InvalidSpec("weighting by activations needs a factorizing method and data.")
+        if self._grams is None:
+            eligible = [layer for layer in find_layers(self.model, shapes, batch) if layer.eligible]
+            self._grams = output_grams(self.model, eligible, self.calibration)
+        return factorize(self.model, shapes, rule, batch, self._grams, self.calibration)

@@ -11,6 +11,8 @@ from compressors.onnx.lowrank import factorize
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 
-@register("svd", "structure", RULES, {"energy": 0.9})
+@register("svd", "structure", RULES, {"energy": 0.9}, weighs=True)
 def train(model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks) -> Trained:
-    return Weights(model.proto, data.sample_shapes if data else None, factorize)
+    if data is None:
+        return Weights(model.proto, None, factorize)
+    return Weights(model.proto, data.sample_shapes, factorize, calibration=data.data.x)

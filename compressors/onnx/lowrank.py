@@ -12,13 +12,21 @@ At full rank the rewrite is exact up to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from compressors.errors import InvalidSpec
+from compressors.onnx.activations import (
+    OutputMoments,
+    bias_of,
+    can_shift_bias,
+    output_grams,
+    weighted_spectrum,
+)
 from compressors.onnx.graph import Shape, attribute, constant_array, initializers, producers
 from compressors.onnx.layers import Layer, find_layers, remove_unused
 from compressors.onnx.macs import count_params
@@ -113,25 +121,32 @@ def factorize(
     shapes: Mapping[str, Shape],
     rule: RankRule,
     batch: int = 1,
+    grams: Mapping[str, OutputMoments] | None = None,
+    calibration: np.ndarray | None = None,
 ) -> CompressionResult:
     """Factorize every eligible layer by ``rule`` at the given static shapes.
 
+    With ``grams`` (per layer name, the moments of its output on calibration data:
+    ``compressors.onnx.activations``) ranks are chosen on those output spectra and each
+    layer is truncated to minimize its output error on the data rather than its weight
+    error. With the ``calibration`` inputs too, layers are truncated in graph order, each
+    on what it sees once the layers before it are factorized (the moments are taken again
+    on the partly factorized model), so that a layer is fitted to its actual inputs.
     Returns a new model; the input is not modified. A layer is factorized only when its
     chosen rank lowers its cost; otherwise it is kept dense and reported with rank None.
     """
     everything = find_layers(model, shapes, batch)
     layers = [layer for layer in everything if layer.eligible]
     totals = {"params": count_params(model)[0], "macs": sum(layer.macs for layer in everything)}
-    svds = [np.linalg.svd(weight_matrix(model, layer), full_matrices=False) for layer in layers]
+    parts = [_decompose(model, layer, (grams or {}).get(layer.name)) for layer in layers]
     metric = rule.metric if isinstance(rule, Target) else "params"
-    ranks = choose_ranks(layers, [s for _, s, _ in svds], rule, totals[metric])
+    ranks = choose_ranks(layers, [p.sigma for p in parts], rule, totals[metric])
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
     results: list[LayerResult] = []
     replacements: dict[int, list[onnx.NodeProto]] = {}
-    for layer, (u, s, vt), rank in zip(layers, svds, ranks, strict=True):
-        kept = 1.0 if rank is None else float(energy_fractions(s)[rank - 1])
+    for layer, part, rank in zip(layers, parts, ranks, strict=True):
+        kept = 1.0 if rank is None else float(energy_fractions(part.sigma)[rank - 1])
         after_params = layer.params if rank is None else rank * (layer.rows + layer.cols)
         after_macs = layer.macs if rank is None else rank * layer.cost_per_rank("macs")
         results.append(
@@ -141,26 +156,106 @@ def factorize(
         )
         if rank is None:
             continue
-        root = np.sqrt(s[:rank]).astype(np.float32)
-        left = (u[:, :rank] * root).astype(np.float32)  # rows × r
-        right = (root[:, None] * vt[:rank]).astype(np.float32)  # r × cols
-        replacements[layer.index] = _rewrite(graph, graph.node[layer.index], layer, left, right)
-    nodes = []
-    for index, node in enumerate(graph.node):
-        nodes.extend(replacements.get(index, [node]))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    remove_unused(graph)
+        if grams is not None and calibration is not None and replacements:
+            partly = with_replacements(out, replacements)
+            remove_unused(partly.graph)
+            seen = output_grams(partly, [layer], calibration, model)
+            part = _decompose(model, layer, seen.get(layer.name))
+        left, right, bias = part.factors(rank)
+        replacements[layer.index] = _rewrite(out.graph, out.graph.node[layer.index], layer, left, right, bias)
+    out = with_replacements(out, replacements)
+    remove_unused(out.graph)
     saved = sum(r.macs_before - r.macs_after for r in results)
     return CompressionResult(out, results, totals["macs"], totals["macs"] - saved)
 
 
+def with_replacements(
+    model: onnx.ModelProto, replacements: Mapping[int, list[onnx.NodeProto]]
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose node ``i`` is replaced by ``replacements[i]``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for index, node in enumerate(out.graph.node):
+        nodes.extend(replacements.get(index, [node]))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+Factors = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # left, right, new bias (None: keep)
+
+
+@dataclass
+class Decomposition:
+    """A layer's spectrum and how to build its rank-r factors, W ≈ left · right (rows × r, r × cols)."""
+
+    sigma: np.ndarray
+    factors: Callable[[int], Factors]
+
+
+def _decompose(model: onnx.ModelProto, layer: Layer, moments: OutputMoments | None) -> Decomposition:
+    matrix = weight_matrix(model, layer)
+    if moments is None:
+        return decompose(matrix, layer, None)
+    if can_shift_bias(model, layer):
+        return decompose(matrix, layer, moments.covariance, moments.mean, bias_of(model, layer))
+    return decompose(matrix, layer, moments.gram)
+
+
+def decompose(
+    matrix: np.ndarray,
+    layer: Layer,
+    gram: np.ndarray | None,
+    mean: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> Decomposition:
+    """Plain truncated SVD of the weight, W ≈ (U√Σ)(√Σ Vᵀ); or, with the Gram (or, given the
+    output ``mean`` and the layer's ``bias``, the covariance) of the layer's output, the
+    output-error-optimal M̂ = M·V_k·V_kᵀ (M = the in × out matrix: W for a Gemm/MatMul, Wᵀ for
+    a Conv), split as (M·V_k)(V_kᵀ), with the bias taking the mean's error
+    (``compressors.onnx.activations``)."""
+    if gram is None:
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+
+        def plain(rank: int) -> Factors:
+            root = np.sqrt(s[:rank])
+            left, right = u[:, :rank] * root, root[:, None] * vt[:rank]
+            return left.astype(np.float32), right.astype(np.float32), None
+
+        return Decomposition(s, plain)
+    sigma, directions = weighted_spectrum(gram, layer.full_rank)
+    m = matrix.astype(np.float64).T if layer.op == "Conv" else matrix.astype(np.float64)
+
+    def weighted(rank: int) -> Factors:
+        v = directions[:, :rank]  # out × r, orthonormal
+        into, out_of = m @ v, v.T  # in × r, r × out
+        shifted = (
+            None if mean is None or bias is None else (bias + mean - (mean @ v) @ v.T).astype(np.float32)
+        )
+        if layer.op == "Conv":  # W = Mᵀ ≈ v · (M v)ᵀ: rows are outputs
+            return out_of.T.astype(np.float32), into.T.astype(np.float32), shifted
+        return into.astype(np.float32), out_of.astype(np.float32), shifted
+
+    return Decomposition(sigma, weighted)
+
+
 def _rewrite(
-    graph: onnx.GraphProto, node: onnx.NodeProto, layer: Layer, left: np.ndarray, right: np.ndarray
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    layer: Layer,
+    left: np.ndarray,
+    right: np.ndarray,
+    bias: np.ndarray | None = None,
 ) -> list[onnx.NodeProto]:
+    """The two nodes replacing ``node``; ``bias`` (the whole β·C of a Gemm) replaces its bias."""
     stem = f"{layer.name}.lowrank"
     mid = f"{stem}.mid"
     rank = left.shape[1]
+    added = list(node.input[2:3])
+    if bias is not None:
+        graph.initializer.append(numpy_helper.from_array(bias, f"{stem}.b"))
+        added = [f"{stem}.b"]
     if layer.op == "Conv":
         # first: r filters of the original kernel; second: 1×1 conv mixing r → Cout
         kernel = layer.weight_shape[2:]
@@ -176,16 +271,30 @@ def _rewrite(
         first.attribute.extend(keep.values())
         second = helper.make_node(
             "Conv",
-            [mid, f"{stem}.w1", *node.input[2:3]],
+            [mid, f"{stem}.w1", *added],
             list(node.output),
             name=f"{stem}.1",
             kernel_shape=[1] * len(kernel),
         )
         return [first, second]
+    return _rewrite_matrix(graph, node, stem, left, right, added, bias is not None)
+
+
+def _rewrite_matrix(
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    stem: str,
+    left: np.ndarray,
+    right: np.ndarray,
+    added: list[str],
+    new_bias: bool,
+) -> list[onnx.NodeProto]:
+    """Gemm/MatMul: T = A·left, Y = T·right (+ the bias, β·C, or the new bias as is)."""
+    mid = f"{stem}.mid"
     graph.initializer.extend(
         [numpy_helper.from_array(left, f"{stem}.u"), numpy_helper.from_array(right, f"{stem}.v")]
     )
-    if layer.op == "MatMul":
+    if node.op_type == "MatMul":
         return [
             helper.make_node("MatMul", [node.input[0], f"{stem}.u"], [mid], name=f"{stem}.0"),
             helper.make_node("MatMul", [mid, f"{stem}.v"], list(node.output), name=f"{stem}.1"),
@@ -201,6 +310,10 @@ def _rewrite(
         transA=int(attribute(node, "transA", 0)),
     )
     second = helper.make_node(
-        "Gemm", [mid, f"{stem}.v", *node.input[2:3]], list(node.output), name=f"{stem}.1", beta=beta
+        "Gemm",
+        [mid, f"{stem}.v", *added],
+        list(node.output),
+        name=f"{stem}.1",
+        beta=1.0 if new_bias else beta,
     )
     return [first, second]

@@ -184,8 +184,9 @@ class TrainedVariational:
             return [la <= threshold for la in self.log_alphas]
         return [la < LOG_ALPHA_THRESHOLD for la in self.log_alphas]
 
-    def cut(self, rule: RankRule | None) -> CompressionResult:
-        """Prune by ``rule`` (a nonzeros target) or, without one, at log α > 3."""
+    def cut(self, rule: RankRule | None, weighting: str = "none") -> CompressionResult:
+        """Prune by ``rule`` (a nonzeros target) or, without one, at log α > 3. Pruning
+        has no truncation to weigh: ``weighting`` is ignored."""
         result = _accounting(self.prune(rule), self.source, self.sample_shapes)
         threshold = LOG_ALPHA_THRESHOLD if rule is None else None
         result.training = {"train": {**self.summary, "log_alpha_threshold": threshold}}

@@ -118,13 +118,14 @@ class AsyncJobs:
         method: str,
         dataset_id: str | None = None,
         *,
-        rank: Mapping[str, float] | None = None,
+        rank: Mapping[str, float | str] | None = None,
         training: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         parts = {"rank": rank, "training": training, "evaluation": evaluation}
-        body = job_body(method, model_id=model_id, dataset_id=dataset_id, **parts)
+        body = job_body(method, model_id=model_id, dataset_id=dataset_id, quantize=quantize, **parts)
         return await _submit(self._t, "/v1/jobs", body, idempotency_key)
 
     async def validate(

@@ -82,6 +82,30 @@ def _add_spec_options(submit: argparse.ArgumentParser) -> None:
     _spec_option(
         rank, "--target-params", "rank", "target_params", type=float, help="params after / before (0..1)"
     )
+    _spec_option(
+        rank,
+        "--max-drop",
+        "rank",
+        "max_drop",
+        type=float,
+        help="the largest reduction within this top-1 drop",
+    )
+    _spec_option(
+        submit,
+        "--weighting",
+        "rank",
+        "weighting",
+        choices=["activations", "none"],
+        help="with a rank flag: truncate by the layers' outputs on the data (the default) or by weights",
+    )
+    _spec_option(
+        submit,
+        "--quantize",
+        "quantize",
+        "quantize",
+        choices=["none", "dynamic", "static"],
+        help="INT8 on top (static calibrates on the dataset)",
+    )
     training = (
         ("--epochs", "epochs", int, "regularized training epochs (retraining methods)"),
         ("--finetune-epochs", "finetune_epochs", int, "fine-tuning epochs on the compressed model"),
@@ -370,7 +394,11 @@ def _validate(client: Client, method: str, spec: dict[str, dict[str, Any]]) -> N
     """The server's verdict on the spec, before anything is uploaded: a bad flag is a usage error."""
     try:
         client.jobs.validate(
-            method, rank=spec.get("rank"), training=spec.get("training"), evaluation=spec.get("evaluation")
+            method,
+            rank=spec.get("rank"),
+            training=spec.get("training"),
+            evaluation=spec.get("evaluation"),
+            quantize=spec.get("quantize", {}).get("quantize"),
         )
     except errors.InvalidRequest as exc:
         fields = "; ".join(
@@ -409,6 +437,7 @@ def _submit(run: Run) -> int:
             rank=spec.get("rank"),
             training=spec.get("training"),
             evaluation=spec.get("evaluation"),
+            quantize=spec.get("quantize", {}).get("quantize"),
         )
         run.job_id, run.job = job.id, job
         if not _waits(args):

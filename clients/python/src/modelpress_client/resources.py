@@ -127,9 +127,10 @@ def job_body(
     *,
     model_id: str | None = None,
     dataset_id: str | None = None,
-    rank: Mapping[str, float] | None = None,
+    rank: Mapping[str, float | str] | None = None,
     training: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """The JSON of a job spec (with the model and dataset when given); omitted parts keep the
     server's per-method defaults."""
@@ -141,6 +142,8 @@ def job_body(
     for key, value in (("rank", rank), ("training", training), ("evaluation", evaluation)):
         if value is not None:
             body[key] = dict(value)
+    if quantize is not None:
+        body["quantize"] = quantize
     return body
 
 
@@ -192,33 +195,37 @@ class Jobs:
         method: str,
         dataset_id: str | None = None,
         *,
-        rank: Mapping[str, float] | None = None,
+        rank: Mapping[str, float | str] | None = None,
         training: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a compression job; returns it queued.
 
-        ``rank`` is one of ``{"energy": e}``, ``{"target_macs": r}``, ``{"target_params": r}``;
-        ``training`` and ``evaluation`` take the keys of the job spec (``epochs``, ``strength``,
-        ``finetune_epochs``, ... / ``latency``, ``threads``, ``batches``). Omitted parts keep the
-        server's per-method defaults.
+        ``rank`` is one of ``{"energy": e}``, ``{"target_macs": r}``, ``{"target_params": r}``,
+        ``{"max_drop": d}`` (the largest reduction within a top-1 drop of d), optionally with
+        ``"weighting": "activations" | "none"``; ``training`` and ``evaluation`` take the keys of
+        the job spec (``epochs``, ``strength``, ``finetune_epochs``, ... / ``latency``,
+        ``threads``, ``batches``); ``quantize`` is ``"none"``, ``"dynamic"`` or ``"static"``
+        (INT8 on top). Omitted parts keep the server's per-method defaults.
         """
         parts = {"rank": rank, "training": training, "evaluation": evaluation}
-        body = job_body(method, model_id=model_id, dataset_id=dataset_id, **parts)
+        body = job_body(method, model_id=model_id, dataset_id=dataset_id, quantize=quantize, **parts)
         return _submit(self._t, "/v1/jobs", body, idempotency_key)
 
     def validate(
         self,
         method: str,
         *,
-        rank: Mapping[str, float] | None = None,
+        rank: Mapping[str, float | str] | None = None,
         training: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> dict[str, Any]:
         """Check a spec with the server before uploading anything; returns it with every default
         filled in, or raises :class:`~modelpress_client.errors.InvalidRequest` naming each bad field."""
-        body = job_body(method, rank=rank, training=training, evaluation=evaluation)
+        body = job_body(method, rank=rank, training=training, evaluation=evaluation, quantize=quantize)
         spec: dict[str, Any] = self._t.request("POST", "/v1/jobs/validate", json=body).json()
         return spec
 
