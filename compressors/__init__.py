@@ -31,6 +31,7 @@ from compressors.errors import (
 )
 from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES, Dataset, load_dataset
 from compressors.intake.loading import Limits, LoadedModel, load_model
+from compressors.intake.npz import describe as describe_dataset
 from compressors.methods import METHODS, RULES, Method
 from compressors.onnx.inspection import ModelInfo
 from compressors.onnx.ranks import Energy, RankRule, Target
@@ -76,6 +77,7 @@ __all__ = [
     "UnsafeArchive",
     "UnsafeExternalData",
     "compress",
+    "describe_dataset",
     "inspect_model",
     "library_versions",
     "load_dataset",

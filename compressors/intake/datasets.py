@@ -1,7 +1,8 @@
 """Datasets: a plain ``.npz`` (never unpickled) or the built-in ``digits``, checked against
 the model's input before any work starts.
 
-``.npz`` keys: ``x`` (float, shaped like the model input without the batch dimension),
+An ``.npz`` is checked from its array headers and opened memory-mapped
+(``compressors.intake.npz``). Keys: ``x`` (float, shaped like the model input without the batch dimension),
 optional ``y`` (integer class labels), optional ``x_val``/``y_val``. Without ``x_val`` a
 seeded 20% of ``x`` is held out for evaluation when training, and all of ``x`` is used
 when nothing is trained.
@@ -10,13 +11,13 @@ when nothing is trained.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from compressors.errors import DatasetRejected
+from compressors.intake.npz import open_array, read_headers
 from compressors.onnx.inspection import TensorSpec
 
 MAX_DATASET_BYTES = 4 << 30  # unpacked, over all arrays
@@ -84,34 +85,28 @@ def _digits(model_input: TensorSpec, seed: int) -> Dataset:
 
 
 def _npz(path: Path, model_input: TensorSpec, seed: int) -> Dataset:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
-    if declared > MAX_DATASET_BYTES:
-        raise DatasetRejected(
-            f"the dataset unpacks to {declared:,} bytes, over the {MAX_DATASET_BYTES:,}-byte limit."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except ValueError as exc:  # object arrays need pickle, which we never allow
-        raise DatasetRejected(
-            "the dataset holds object arrays, which would need unpickling; store plain numeric arrays."
-        ) from exc
-    except Exception as exc:
-        raise DatasetRejected(f"the dataset cannot be read ({exc}); save it with numpy.savez.") from exc
-    if "x" not in arrays:
-        raise DatasetRejected(f"the .npz has no 'x' array (it has {sorted(arrays)}); name the inputs 'x'.")
+    headers = read_headers(path, MAX_DATASET_BYTES)
+    if "x" not in headers:
+        raise DatasetRejected(f"the .npz has no 'x' array (it has {sorted(headers)}); name the inputs 'x'.")
+    for key, header in headers.items():
+        if key in ("x", "x_val") and header.dtype.kind != "f":
+            raise DatasetRejected(f"'{key}' has dtype {header.dtype}; inputs must be float32.")
+    arrays = {key: open_array(path, header) for key, header in headers.items()}
     x = _inputs("x", arrays["x"], model_input)
     y = _labels("y", arrays.get("y"), len(x))
     x_val = _inputs("x_val", arrays["x_val"], model_input) if "x_val" in arrays else None
     y_val = _labels("y_val", arrays.get("y_val"), len(x_val)) if x_val is not None else None
     if (y is None) != (y_val is None) and x_val is not None:
         raise DatasetRejected("give labels for both 'x' and 'x_val', or for neither.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _split(path.name, digest, x, y, x_val, y_val, seed)
+    return _split(path.name, _sha256(path), x, y, x_val, y_val, seed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _inputs(key: str, array: np.ndarray, model_input: TensorSpec) -> np.ndarray:
@@ -120,7 +115,9 @@ def _inputs(key: str, array: np.ndarray, model_input: TensorSpec) -> np.ndarray:
     if len(array) == 0:
         raise DatasetRejected(f"'{key}' is empty; give at least one sample.")
     array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
+    # in slices: a memory-mapped array is checked without a full-size boolean copy
+    step = max(1, (64 << 20) // max(array[:1].nbytes, 1))
+    if not all(np.isfinite(array[i : i + step]).all() for i in range(0, len(array), step)):
         raise DatasetRejected(f"'{key}' contains NaN or infinite values; clean the data first.")
     _check_shape(key, array, model_input)
     return array

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -21,6 +20,7 @@ from service.problems import Problem
 from service.report_schema import JobReport
 from service.routes import paginate
 from service.schemas import ArtifactName, JobCreate, JobRecord, Page, Progress, SweepCreate
+from service.settings import Settings
 from service.spec import CompressionSpec
 from service.store import ARTIFACT_NAMES, ArtifactStore
 
@@ -230,30 +230,29 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
 async def job_events(
     job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> StreamingResponse:
+    # streams share one publisher per job (service.events); the first event is the job's state
+    # now, then each change, with comment heartbeats while nothing changes
     with session_scope(settings.db_url, readonly=True) as session:
         _owned(session, tenant, job_id)
-
-    async def stream() -> AsyncIterator[str]:
-        last = None
-        while not await request.is_disconnected():
-            with session_scope(settings.db_url, readonly=True) as session:
-                job = session.get(Job, job_id)
-                assert job is not None
-                data = record(job, store).model_dump_json()
-                status = job.status
-            if data != last:
-                last = data
-                yield f"event: progress\ndata: {data}\n\n"
-            if status in TERMINAL:
-                yield f"event: end\ndata: {data}\n\n"
-                return
-            await asyncio.sleep(0.25)
-
+    subscription = request.app.state.events.subscribe(tenant.id, job_id)  # 429 past the cap
     return StreamingResponse(
-        stream(),
+        subscription.sse(settings.event_heartbeat_seconds),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def read_job_event(settings: Settings, store: ArtifactStore) -> Callable[[str], tuple[str, bool]]:
+    """What the event publisher reads for a job: its record as JSON, and whether it finished."""
+
+    def read(job_id: str) -> tuple[str, bool]:
+        with session_scope(settings.db_url, readonly=True) as session:
+            job = session.get(Job, job_id)
+            if job is None:  # deleted while followed
+                raise LookupError(job_id)
+            return record(job, store).model_dump_json(), job.status in TERMINAL
+
+    return read
 
 
 def _artifact(job: Job, store: ArtifactStore, name: str) -> FileResponse:
