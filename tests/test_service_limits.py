@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import bombs
-from tests.harness import Service
+from tests import bombs, builders
+from tests.harness import Service, upload_model
 
 PROBLEMS = "https://modelpress.dev/problems/"
 
@@ -235,3 +235,63 @@ def test_slow_senders_are_cut_off_and_the_api_keeps_answering(service: Service, 
     assert all(b"request-timeout" in a for a in answers.values())
     time.sleep(1)
     assert sockets() <= baseline + 5  # the connections were closed, not held
+
+
+def _queued_job(service: Service, token: str, tmp_path: Path) -> str:
+    """A job that stays queued (the service runs no workers) until it is cancelled."""
+    model = builders.save(builders.gemm(64, 10), tmp_path / "gemm.onnx")
+    with service.client(token) as client:
+        model_id = upload_model(client, model)["id"]
+        response = client.post("/v1/jobs", json={"model_id": model_id, "method": "svd"})
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+
+def _read_all(socks: list[socket.socket], seen: dict[int, bytes]) -> None:
+    for sock in socks:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            seen[id(sock)] += sock.recv(65536)
+
+
+def _gauge(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"/metrics has no {name}")
+
+
+def test_event_streams_share_one_publisher_send_heartbeats_and_are_capped(
+    service: Service, token: str, tmp_path: Path
+) -> None:
+    # each stream polled the database itself in the event loop: 300 of them put /healthz at 3.7 s
+    job_id = _queued_job(service, token, tmp_path)
+    request = f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    streams = [_raw(service, request) for _ in range(60)]  # the tenant's cap
+    seen = {id(s): b"" for s in streams}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(b": keep-alive" in v for v in seen.values()):
+        _read_all(streams, seen)
+        time.sleep(0.2)
+    assert all(v.startswith(b"HTTP/1.1 200") for v in seen.values())
+    assert all(b"event: progress" in v and b'"status":"queued"' in v for v in seen.values())
+    assert all(b": keep-alive" in v for v in seen.values())  # heartbeats while nothing changes
+    with service.client(token) as client:
+        assert _gauge(client, "modelpress_event_publishers") == 1.0  # one per job, not per stream
+        assert _gauge(client, "modelpress_event_streams") == 60.0
+        over = client.get(f"/v1/jobs/{job_id}/events")
+        _problem(over, 429, "too-many-streams")
+        assert over.headers["Retry-After"] == "5"
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(b"event: end" in v for v in seen.values()):
+            _read_all(streams, seen)
+            time.sleep(0.2)
+        assert all(b"event: end" in v and b'"status":"cancelled"' in v for v in seen.values())
+        for sock in streams:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _gauge(client, "modelpress_event_streams"):
+            time.sleep(0.2)
+        assert _gauge(client, "modelpress_event_streams") == 0.0
+        assert _gauge(client, "modelpress_event_publishers") == 0.0
