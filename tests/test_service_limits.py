@@ -295,3 +295,18 @@ def test_event_streams_share_one_publisher_send_heartbeats_and_are_capped(
             time.sleep(0.2)
         assert _gauge(client, "modelpress_event_streams") == 0.0
         assert _gauge(client, "modelpress_event_publishers") == 0.0
+
+
+def test_an_upload_is_published_by_rename_not_copied(tmp_path: Path) -> None:
+    # publishing copied up to 2 GiB inside the async handler; a rename costs nothing
+    from service.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    with store.staging() as staging:
+        staged = staging / "upload.onnx"
+        staged.write_bytes(b"\0" * 4096)
+        inode = staged.stat().st_ino
+        published = store.publish(staged, store.folder("ten_1", "models", "mdl_1") / "upload.onnx")
+        assert not staged.exists()
+        assert published.stat().st_ino == inode
+    assert not list(store.tmp_dir().iterdir())  # the staging folder went with the request
