@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service import openapi, problems, ui
+from service.auth import FailedAuth
 from service.bodies import BodyLimit
 from service.events import EventHub
 from service.executors import executor_for
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.executor = executor_for(settings)
     app.state.registry = registry = CollectorRegistry()
+    app.state.auth_failures = FailedAuth(settings.auth_failures_per_minute)
     app.state.events = EventHub(settings, jobs.read_job_event(settings, app.state.store), registry)
     requests = Counter("modelpress_http_requests", "HTTP requests", ["method", "status"], registry=registry)
     latency = Histogram("modelpress_http_request_seconds", "HTTP request durations", registry=registry)

@@ -88,6 +88,7 @@ _GENERIC = {
         (500, "internal-error"),
     ]
 }
+_GENERIC[429] = "Too many failed authentications, or a quota reached; wait for Retry-After"
 
 
 class Problem(Exception):
@@ -144,7 +145,7 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             statuses = {500}
             if operation.get("security"):
-                statuses.add(401)
+                statuses |= {401, 429}
             if "{" in path:
                 statuses.add(404)
             if operation.get("parameters") or "requestBody" in operation:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     upload_min_bytes_per_second: int = Field(
         1024, ge=0, description="a slower request body (averaged after the grace period) gets 408"
     )
+    auth_failures_per_minute: int = Field(
+        20, ge=1, description="failed authentications per client address and per key prefix before 429"
+    )
     event_streams_per_tenant: int = Field(20, ge=1, le=100_000, description="open /events streams per tenant")
     event_heartbeat_seconds: float = Field(15.0, gt=0, description="a comment line on a quiet event stream")
     event_poll_seconds: float = Field(0.5, gt=0, description="how often a job's one publisher reads it")

@@ -51,7 +51,14 @@ UPLOADS = [
 ]
 
 _DATA = tempfile.TemporaryDirectory(prefix="modelpress-fuzz-")  # removed when pytest exits
-SETTINGS = Settings(data_dir=Path(_DATA.name), max_model_bytes=1 << 20, max_dataset_bytes=1 << 20)
+# the fuzzer sends thousands of requests with a missing or wrong key from one address; the
+# failed-authentication limit (tests/test_service_limits.py) would hold back its valid ones
+SETTINGS = Settings(
+    data_dir=Path(_DATA.name),
+    max_model_bytes=1 << 20,
+    max_dataset_bytes=1 << 20,
+    auth_failures_per_minute=1_000_000,
+)
 
 
 def _seed(settings: Settings) -> str:

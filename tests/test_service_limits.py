@@ -310,3 +310,36 @@ def test_an_upload_is_published_by_rename_not_copied(tmp_path: Path) -> None:
         assert not staged.exists()
         assert published.stat().st_ino == inode
     assert not list(store.tmp_dir().iterdir())  # the staging folder went with the request
+
+
+def test_failed_authentication_is_rate_limited_per_address_and_per_key_prefix(tmp_path: Path) -> None:
+    # 1,000 wrong tokens in 20 s were all answered 401, each with a database lookup
+    limited = Service(tmp_path / "auth", workers=0, MODELPRESS_AUTH_FAILURES_PER_MINUTE="10").start()
+    try:
+        token = limited.create_key("acme")
+        statuses = []
+        with limited.client(None) as client:
+            for i in range(30):
+                wrong = {"Authorization": f"Bearer mp_guess{i:05d}"}
+                statuses.append(client.get("/v1/models", headers=wrong).status_code)
+            held = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+        assert statuses == [401] * 10 + [429] * 20
+        body = _problem(held, 429, "too-many-auth-failures")  # the address is held back, key or not
+        assert 1 <= int(held.headers["Retry-After"]) <= 60
+        assert "try again" in body["detail"]
+    finally:
+        limited.stop()
+
+
+def test_the_failure_counter_holds_back_a_key_prefix_from_any_address() -> None:
+    from service.auth import FailedAuth
+    from service.problems import Problem
+
+    failures = FailedAuth(per_minute=3)
+    for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        failures.check(address, "mp_AbCdEfGh-guess")
+        failures.failed(address, "mp_AbCdEfGh-guess")
+    with pytest.raises(Problem) as held:
+        failures.check("10.0.0.4", "mp_AbCdEfGh-other")  # a fourth address, the same prefix
+    assert held.value.kind == "too-many-auth-failures" and held.value.extra["retry_after"] >= 1
+    failures.check("10.0.0.4", "mp_ZzZzZzZz-other")  # another prefix from it is still looked up
