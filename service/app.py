@@ -9,7 +9,7 @@ import uuid
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service import openapi, problems, ui
+from service import openapi, problems, retention, ui
 from service.auth import FailedAuth
 from service.bodies import BodyLimit
 from service.events import EventHub
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Model compression as a service: ONNX in, a smaller, faster ONNX out, with an honest report.",
         separate_input_output_schemas=False,
+        lifespan=retention.lifespan,
     )
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifacts_dir)

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     upload_min_bytes_per_second: int = Field(
         1024, ge=0, description="a slower request body (averaged after the grace period) gets 408"
     )
+    max_concurrent_jobs_per_tenant: int = Field(20, ge=1, description="unfinished (queued or running) jobs")
+    max_queued_jobs_per_tenant: int = Field(10, ge=1, description="jobs waiting for a worker")
+    max_sweep_runs: int = Field(200, ge=1, description="compressions one sweep may ask for")
+    max_training_epochs_per_job: int = Field(
+        5000, ge=1, description="training epochs one job or sweep may ask for, over all its runs"
+    )
+    max_storage_bytes_per_tenant: int = Field(50 * GiB, ge=0, description="uploaded models and datasets")
+    retention_days: float | None = Field(
+        None, gt=0, description="finished jobs, then unused models and datasets, are deleted after this"
+    )
     auth_failures_per_minute: int = Field(
         20, ge=1, description="failed authentications per client address and per key prefix before 429"
     )

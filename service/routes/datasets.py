@@ -8,16 +8,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from compressors import HOLDOUT, MAX_DATASET_BYTES, describe_dataset
+from service import quotas
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredDataset, Tenant
 from service.problems import Problem
+from service.retention import delete_upload
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
@@ -111,6 +113,7 @@ def _builtin_from_json(body: bytes) -> str:
 async def _store_npz(
     path: Path, upload: Upload, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> StoredDataset:
+    quotas.check_storage(session, tenant, settings, upload.size)
     info = await run_in_threadpool(describe_npz, path, settings.max_dataset_unpacked_bytes)
     dataset = StoredDataset(
         tenant_id=tenant.id,
@@ -202,3 +205,18 @@ def get_dataset(dataset_id: str, tenant: CurrentTenant, session: ReadSessionDep)
     if dataset is None or dataset.tenant_id != tenant.id:
         raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
     return record(dataset)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    operation_id="datasets-delete",
+    responses={409: {"description": "jobs still use the dataset (problem type in-use)"}},
+)
+def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
+    dataset = session.get(StoredDataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant.id:
+        raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
+    delete_upload(session, store, dataset)
+    return Response(status_code=204)

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import quotas, retention
 from service.db import session_scope
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant
@@ -70,6 +71,9 @@ def _create(
                     "this Idempotency-Key was used with a different request; use a new key.",
                 )
             return existing, False
+    settings: Settings = request.app.state.settings
+    quotas.check_size(kind, body, settings)
+    quotas.check_jobs(session, tenant, settings)
     model = session.get(StoredModel, body["model_id"])
     if model is None or model.tenant_id != tenant.id:
         raise Problem("not-found", f"no model '{body['model_id']}' in your account.")
@@ -197,6 +201,19 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
         job.cancel_requested = True  # the worker stops before its next training step
     session.commit()
     return record(job, store)
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    operation_id="jobs-delete",
+    responses={409: {"description": "the job has not finished; cancel it first (problem type conflict)"}},
+)
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
+    """A finished job (or sweep) and its artifacts."""
+    retention.delete_job(session, store, _owned(session, tenant, job_id))
+    return Response(status_code=204)
 
 
 @router.get(

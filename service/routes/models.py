@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compressors import Limits, inspect_model, load_model
+from service import quotas
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredModel, Tenant
 from service.problems import Problem
+from service.retention import delete_upload
 from service.routes import paginate
 from service.schemas import ModelRecord, Page
 from service.settings import Settings
@@ -131,6 +133,7 @@ async def _store(
     path = upload.path.rename(
         upload.path.with_name("upload.zip" if name.lower().endswith(".zip") else "upload.onnx")
     )
+    quotas.check_storage(session, tenant, settings, upload.size)
     limits = Limits(max_file_bytes=settings.max_model_bytes)
     info = await run_in_threadpool(_inspect, path, limits)
     info.pop("sha256")  # hashed while the body arrived
@@ -161,3 +164,18 @@ def get_model(model_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> 
     if model is None or model.tenant_id != tenant.id:
         raise Problem("not-found", f"no model '{model_id}' in your account.")
     return record(model)
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    response_class=Response,
+    operation_id="models-delete",
+    responses={409: {"description": "jobs still use the model (problem type in-use)"}},
+)
+def delete_model(model_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
+    model = session.get(StoredModel, model_id)
+    if model is None or model.tenant_id != tenant.id:
+        raise Problem("not-found", f"no model '{model_id}' in your account.")
+    delete_upload(session, store, model)
+    return Response(status_code=204)
