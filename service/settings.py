@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     session_max_age_seconds: int = Field(
         8 * 3600, ge=60, le=30 * 86400, description="a dashboard sign-in lasts this long"
     )
+    metrics_token: SecretStr | None = Field(
+        None, description="when set, GET /metrics needs 'Authorization: Bearer <this>'"
+    )
     crash_on_stage: str | None = Field(None, description="testing only: kill the worker at this stage")
 
     @property
@@ -108,6 +111,8 @@ class Settings(BaseSettings):
                 )
         if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
             raise ValueError("MODELPRESS_SESSION_SECRET must be at least 32 characters; or unset it")
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 16:
+            raise ValueError("MODELPRESS_METRICS_TOKEN must be at least 16 characters; or unset it")
         if self.lease_seconds * 2 > self.job_timeout_seconds:
             raise ValueError("MODELPRESS_JOB_TIMEOUT_SECONDS must exceed twice MODELPRESS_LEASE_SECONDS")
         return self

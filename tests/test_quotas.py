@@ -148,3 +148,15 @@ def test_retention_removes_old_finished_jobs_then_unused_uploads(tmp_path: Path,
     with session_scope(settings.db_url) as session:
         assert session.get(Job, old_job) is None and session.get(StoredModel, old) is None
         assert session.get(Job, new_job) is not None and session.get(StoredModel, kept) is not None
+
+
+def test_metrics_can_require_a_token(tmp_path: Path) -> None:
+    client, _ = _client(tmp_path, metrics_token="m" * 24)
+    with client:
+        _problem(client.get("/metrics"), 401, "unauthorized")  # a tenant's key is not the token
+        _problem(client.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        scraped = client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 24})
+        assert scraped.status_code == 200 and "modelpress_jobs" in scraped.text
+        assert "ten_" not in scraped.text  # no figure names a tenant
+    with pytest.raises(ValueError, match="16 characters"):
+        Settings(metrics_token="short")

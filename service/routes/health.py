@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from pydantic import SecretStr
 from sqlalchemy import func, select, text
 
 from service.db import session_scope
 from service.models import Job
+from service.problems import Problem
 
 router = APIRouter(tags=["health"])
 
@@ -53,14 +57,31 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, media_type="application/problem+json")
 
 
+def _check_metrics_token(request: Request, token: SecretStr | None) -> None:
+    """With ``metrics_token`` set, /metrics answers only a scraper that sends it (the figures say
+    how busy the service is; an operator may not want that public). No figure is per tenant."""
+    if token is None:
+        return
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+        raise Problem(
+            "unauthorized",
+            "send the metrics token as 'Authorization: Bearer <token>' (MODELPRESS_METRICS_TOKEN).",
+        )
+
+
 @router.get(
     "/metrics",
     operation_id="metrics-get",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        401: {"description": "MODELPRESS_METRICS_TOKEN is set and the request does not carry it"},
+    },
 )
 def metrics(request: Request) -> Response:
     settings = request.app.state.settings
+    _check_metrics_token(request, settings.metrics_token)
     registry = CollectorRegistry()
     by_state = Gauge("modelpress_jobs", "jobs by state", ["state"], registry=registry)
     durations = Histogram(
