@@ -14,6 +14,7 @@ The hub lives in the API process; with several API processes each has its own pu
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from service.problems import Problem
 from service.settings import Settings
 
+log = logging.getLogger("modelpress.events")
 QUEUE_SIZE = 32  # a listener this far behind misses intermediate progress, never the end
 
 Event = tuple[str, str]  # (event name, JSON data)
@@ -97,6 +99,8 @@ class EventHub:
                     ended = True
                     return
                 await asyncio.sleep(self.settings.event_poll_seconds)
+        except Exception as exc:  # the job was deleted, or the database is unreachable
+            log.warning("event publisher for %s stopped: %r", job_id, exc)
         finally:
             # no await between the last broadcast and this: a listener that arrives later
             # finds no channel and starts a fresh publisher
