@@ -74,8 +74,12 @@ class BodyLimit:
         begun = time.monotonic()
         seen = 0
 
+        complete = False
+
         async def paced() -> Message:
-            nonlocal seen
+            nonlocal seen, complete
+            if complete:  # the body is in: later receives wait for a disconnect, untimed
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), settings.upload_idle_seconds)
             except TimeoutError:
@@ -85,6 +89,7 @@ class BodyLimit:
                 ) from None
             if message["type"] != "http.request":
                 return message
+            complete = not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise _Refused("payload-too-large", _too_large(limit))
