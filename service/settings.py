@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     upload_min_bytes_per_second: int = Field(
         1024, ge=0, description="a slower request body (averaged after the grace period) gets 408"
     )
-    max_concurrent_jobs_per_tenant: int = Field(20, ge=1, description="unfinished (queued or running) jobs")
-    max_queued_jobs_per_tenant: int = Field(10, ge=1, description="jobs waiting for a worker")
+    max_concurrent_jobs_per_tenant: int = Field(200, ge=1, description="unfinished (queued or running) jobs")
+    max_queued_jobs_per_tenant: int = Field(100, ge=1, description="jobs waiting for a worker")
     max_sweep_runs: int = Field(200, ge=1, description="compressions one sweep may ask for")
     max_training_epochs_per_job: int = Field(
         5000, ge=1, description="training epochs one job or sweep may ask for, over all its runs"

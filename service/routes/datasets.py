@@ -113,8 +113,9 @@ def _builtin_from_json(body: bytes) -> str:
 async def _store_npz(
     path: Path, upload: Upload, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> StoredDataset:
-    quotas.check_storage(session, tenant, settings, upload.size)
     info = await run_in_threadpool(describe_npz, path, settings.max_dataset_unpacked_bytes)
+    # in the transaction that inserts (a SQLite write lock): never held across an await
+    quotas.check_storage(session, tenant, settings, upload.size)
     dataset = StoredDataset(
         tenant_id=tenant.id,
         name=Path(upload.filename or "data.npz").name[:300],

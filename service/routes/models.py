@@ -133,9 +133,10 @@ async def _store(
     path = upload.path.rename(
         upload.path.with_name("upload.zip" if name.lower().endswith(".zip") else "upload.onnx")
     )
-    quotas.check_storage(session, tenant, settings, upload.size)
     limits = Limits(max_file_bytes=settings.max_model_bytes)
     info = await run_in_threadpool(_inspect, path, limits)
+    # in the transaction that inserts (a SQLite write lock): never held across an await
+    quotas.check_storage(session, tenant, settings, upload.size)
     info.pop("sha256")  # hashed while the body arrived
     model = StoredModel(
         tenant_id=tenant.id, filename=path.name, sha256=upload.sha256, size_bytes=upload.size, info=info
