@@ -8,8 +8,8 @@ command line a user would run, one subprocess per run with a timeout:
 
 - ``modelpress inspect --json``
 - ``modelpress compress --method svd --target-macs 0.5 --data D``, then the fidelity of the
-  artifact against the original on the same inputs (onnxruntime, first floating-point
-  output: top-1 agreement over its last axis and max |Δlogit|) and the share of the
+  artifact against the original on the same inputs (onnxruntime, the scores output: top-1
+  agreement over its last axis and max |Δlogit|) and the share of the
   original MACs in layers svd left unfactorized;
 - every retraining method for one epoch: ``nuclear``, ``l2``, ``group_lasso`` at
   ``--target-macs 0.5``, ``l1`` and ``variational`` at ``--target-params 0.5``; and ``prune``.
@@ -35,7 +35,7 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -193,8 +193,9 @@ def _unfactorized_share(report: dict[str, Any]) -> float | None:
 
 
 def fidelity(original: Path, compressed: Path, data: Path) -> dict[str, float]:
-    """Top-1 agreement (over the last axis) and max |Δ| of the first floating-point output."""
-    a, b = _first_float_output(original, data), _first_float_output(compressed, data)
+    """Top-1 agreement (over the last axis) and max |Δ| of the scores output (the one
+    ``compressors.onnx.outputs.score_output`` finds: a label output or a ZipMap is skipped)."""
+    a, b = _scores(original, data), _scores(compressed, data)
     a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     return {
         "top1_agreement": round(float(np.mean(a2.argmax(1) == b2.argmax(1))), 4),
@@ -202,23 +203,17 @@ def fidelity(original: Path, compressed: Path, data: Path) -> dict[str, float]:
     }
 
 
-def _first_float_output(model: Path, data: Path) -> np.ndarray:
-    import onnxruntime as ort
+def _scores(model: Path, data: Path) -> np.ndarray:
+    import onnx
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    from compressors.onnx import metrics
+    from compressors.onnx.outputs import score_output
+
+    proto = onnx.load(str(model))
     arrays = dict(np.load(data))
-    inputs = sess.get_inputs()
-    feeds = {i.name: arrays.get(i.name, arrays["x"]) for i in inputs}
-    index = next(k for k, o in enumerate(sess.get_outputs()) if o.type in ("tensor(float)", "tensor(double)"))
-    fixed = isinstance(inputs[0].shape[0], int) if inputs[0].shape else False
-    step = inputs[0].shape[0] if fixed else len(arrays["x"])
-    outs = []
-    for start in range(0, len(arrays["x"]), step):
-        chunk = {k: v[start : start + step] for k, v in feeds.items()}
-        outs.append(sess.run(None, chunk)[index])
-    return np.concatenate(outs)
+    names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    feeds = [arrays.get(name, arrays["x"]) for name in names]
+    return metrics.predict(proto, feeds, output=score_output(proto))
 
 
 def run_entry(entry: dict[str, Any], methods: list[str], timeout: float) -> dict[str, Any]:
@@ -254,9 +249,9 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def save(rows: list[dict[str, Any]], path: Path, seconds: float) -> dict[str, Any]:
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    history = previous.get("history", [])
+def save(rows: list[dict[str, Any]], path: Path, seconds: float, history: bool = True) -> dict[str, Any]:
+    previous = json.loads(path.read_text()) if path.exists() and history else {}
+    runs = previous.get("history", [])
     result = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
@@ -266,9 +261,39 @@ def save(rows: list[dict[str, Any]], path: Path, seconds: float) -> dict[str, An
         "counts": counts(rows),
         "rows": rows,
     }
-    result["history"] = [*history, {k: result[k] for k in ("generated", "commit", "counts")}]
+    result["history"] = [*runs, {k: result[k] for k in ("generated", "commit", "counts")}]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
+def merge(parts: list[Path]) -> dict[str, Any]:
+    """The committed results with every cell the partial runs ``parts`` measured replaced;
+    the cells they did not rerun keep the earlier result, marked ``carried`` with its commit."""
+    base = json.loads(RESULTS.read_text())
+    rows = {(r["model"], r["export"]): r for r in base["rows"]}
+    for row in rows.values():
+        for name, cell in [("inspect", row.get("inspect")), *row.get("runs", {}).items()]:
+            if cell is not None and name != "inspect":
+                cell.setdefault("carried", base["commit"])
+    loaded = [json.loads(part.read_text()) for part in parts]
+    for part in loaded:
+        for new in part["rows"]:
+            row = rows.setdefault((new["model"], new["export"]), {**new, "runs": {}})
+            row.pop("export_error", None)
+            row.update({k: v for k, v in new.items() if k != "runs"})
+            row.setdefault("runs", {}).update(new.get("runs", {}))
+    merged = list(rows.values())
+    latest = loaded[-1]
+    result = {
+        **{k: latest[k] for k in ("generated", "commit", "machine", "versions")},
+        "seconds": sum(part["seconds"] for part in loaded),
+        "merged_from": base["commit"],
+        "counts": counts(merged),
+        "rows": merged,
+    }
+    result["history"] = [*base.get("history", []), {k: result[k] for k in ("generated", "commit", "counts")}]
+    RESULTS.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
 
 
@@ -309,12 +334,13 @@ class Notes:
 def cell(result: dict[str, Any] | None, notes: Notes) -> str:
     if result is None:
         return ""
+    carried = " ‡" if result.get("carried") else ""
     if result["status"] == "ok":
-        return "ok"
+        return "ok" + carried
     if result["status"] == "refused":
-        return f"refused {notes.mark('R', result['kind'] + ': ' + result['reason'])}"
+        return f"refused {notes.mark('R', result['kind'] + ': ' + result['reason'])}{carried}"
     after = " (artifact written)" if result.get("artifact_written") else ""
-    return f"**failed** {notes.mark('F', result['error'])}{after}"
+    return f"**failed** {notes.mark('F', result['error'])}{after}{carried}"
 
 
 def _svd_cells(svd: dict[str, Any] | None) -> list[str]:
@@ -374,18 +400,23 @@ def render(result: dict[str, Any]) -> str:
         "process: `modelpress inspect`, `modelpress compress --method svd --target-macs 0.5`, "
         "and one epoch (`--epochs 1`) of each retraining method (`nuclear`, `l2`, "
         "`group_lasso` at `--target-macs 0.5`; `l1`, `variational` at `--target-params 0.5`) "
-        "and `prune`, on a generated 64-sample dataset of the model's input dtype and shape.",
+        "and `prune`, on a generated 64-sample dataset: one array per model input, named after "
+        "it, of the input's dtype and shape (token ids and attention masks for the transformers "
+        "text models), with 10-class labels `y`, except for the GPT-2 language model, which "
+        "has no labels and so is distilled position by position from the original.",
         "",
         "*ok*: exit 0. *refused*: a typed refusal (exit 2), reason below. *failed*: anything "
         "else (a `job-failed` error from inside the library, a crash, the timeout). svd "
-        "fidelity compares the artifact with the original on the same inputs (first "
-        "floating-point output, top-1 over its last axis); *MACs left whole* is the share of "
+        "fidelity compares the artifact with the original on the same inputs (the scores "
+        "output: skl2onnx's label output and ZipMap are skipped; top-1 over its last axis); "
+        "*MACs left whole* is the share of "
         "the original MACs in layers svd did not factorize. With random weights the original's "
         "logits are often nearly tied, so top-1 agreement can be low while max \\|Δ\\| is tiny: "
         "read max \\|Δ\\| first.",
         "",
         f"Run {result['generated']} at commit `{result['commit']}`, {result['seconds']} s on "
         f"{result['machine']}; {versions}.",
+        *_carried_note(result),
         "",
         "## Counts",
         "",
@@ -400,6 +431,17 @@ def render(result: dict[str, Any]) -> str:
         *notes.lines(),
     ]
     return "\n".join(out) + "\n"
+
+
+def _carried_note(result: dict[str, Any]) -> list[str]:
+    if "merged_from" not in result:
+        return []
+    return [
+        "",
+        f"This run measured part of the matrix; a cell marked ‡ was not rerun and holds the result "
+        f"of the run at commit `{result['merged_from']}`. The counts of this run below count "
+        "those cells too.",
+    ]
 
 
 def _count_lines(result: dict[str, Any]) -> list[str]:
@@ -418,17 +460,35 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="artifacts run side by side")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per command")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--into", type=Path, help="where a partial run writes (default bench/.cache/)")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="update the committed results with these partial runs' cells (the rest is carried over, marked)",
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if args.render_only:
         DOCS.write_text(render(json.loads(RESULTS.read_text())))
         return 0
+    if args.merge:
+        DOCS.write_text(render(merge(args.merge)))
+        return 0
     partial = bool(args.only) or methods != list(METHODS)
+    target = (args.into or PARTIAL) if partial else RESULTS
     start = time.perf_counter()
     entries = artifacts(args.only)
+    rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda e: run_entry(e, methods, args.timeout), entries))
-    result = save(rows, PARTIAL if partial else RESULTS, time.perf_counter() - start)
+        futures = [pool.submit(run_entry, e, methods, args.timeout) for e in entries]
+        for future in as_completed(futures):  # saved as each row ends: a stopped run keeps its rows
+            rows.append(future.result())
+            if partial:
+                save(rows, target, time.perf_counter() - start, history=False)
+    order = {(e["model"], e["export"]): k for k, e in enumerate(entries)}
+    rows.sort(key=lambda r: order[(r["model"], r["export"])])
+    result = save(rows, target, time.perf_counter() - start)
     if not partial:
         DOCS.write_text(render(result))
     for method, c in result["counts"].items():

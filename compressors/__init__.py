@@ -36,7 +36,7 @@ from compressors.methods import METHODS, RULES, Method
 from compressors.onnx.inspection import ModelInfo
 from compressors.onnx.ranks import Energy, RankRule, Target
 from compressors.pipeline import Compressed, Evaluation, Progress, Stages, compress
-from compressors.report import SCHEMA_VERSION, Report, library_versions, summary_rows
+from compressors.report import SCHEMA_VERSION, Report, finite, library_versions, strict_json, summary_rows
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData, TrainProgress
 
 __all__ = [
@@ -78,10 +78,12 @@ __all__ = [
     "UnsafeExternalData",
     "compress",
     "describe_dataset",
+    "finite",
     "inspect_model",
     "library_versions",
     "load_dataset",
     "load_model",
+    "strict_json",
     "summary_rows",
     "sweep",
     "write_curve",

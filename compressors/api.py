@@ -15,7 +15,7 @@ def inspect_model(model: LoadedModel, retraining: bool = True) -> ModelInfo:
     converter, so it is the one part of inspection that loads torch."""
     if not retraining:
         return model.info
-    from compressors.training.convert import check_retrainable
+    from compressors.training.prepare import check_retrainable
 
     ok, why = check_retrainable(model.proto)
     return replace(model.info, retrainable=ok, retrainable_reason=why)

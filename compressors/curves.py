@@ -9,7 +9,6 @@ variational) over nonzeros targets, and their MACs ratio is reported as 1.0, whi
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from compressors.onnx.macs import count_params
 from compressors.onnx.ranks import Target
 from compressors.onnx.result import CompressionResult
 from compressors.pipeline import finish
+from compressors.report import strict_json
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 
 DEFAULT_TARGETS = (0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.06)
@@ -133,7 +133,7 @@ def _point(
     training: TrainingData,
     base_latency: float | None,
 ) -> Point:
-    logits = metrics.predict(result.model, training.data.x_val)
+    logits = metrics.predict(result.model, training.data.inputs(val=True), output=training.scores)
     _, nonzeros = count_params(result.model)
     return Point(
         method,
@@ -148,6 +148,9 @@ def _point(
 
 
 def _score(logits: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Top-1 accuracy, or agreement with the original; per position for a language model."""
+    logits, labels = metrics.rows_of(logits, labels)
+    reference = metrics.rows_of(reference)[0]
     if labels is not None:
         return float((logits.argmax(1) == labels).mean())
     return float((logits.argmax(1) == reference.argmax(1)).mean())
@@ -162,7 +165,7 @@ def write_curve(curve: Curve, out_dir: Path, title: str = "") -> dict[str, Path]
     """curve.json, curve.csv and curve.png (accuracy vs params ratio and vs MACs ratio)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "curve.json", "csv": out_dir / "curve.csv", "png": out_dir / "curve.png"}
-    paths["json"].write_text(json.dumps(curve.to_dict(), indent=2))
+    paths["json"].write_text(strict_json(curve.to_dict()))
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(
             f, fieldnames=list(asdict(curve.points[0]).keys()) if curve.points else ["method"]

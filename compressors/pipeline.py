@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from compressors import report as reporting
-from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled
+from compressors.errors import DatasetRejected, InvalidSpec, JobCancelled, TrainingDiverged
 from compressors.intake.datasets import Dataset
 from compressors.intake.loading import LoadedModel
 from compressors.methods import Method, get, rule_as_dict, rule_from
@@ -67,6 +68,14 @@ class Compressed:
         return self.write_model(out_dir / "model.onnx"), self.write_report(out_dir / "report.json")
 
     def write_model(self, path: Path) -> Path:
+        """Refuses a model with a NaN or infinite weight: the last line of the divergence
+        checks, whatever stage (training, fine-tuning, factorizing) produced it."""
+        broken = non_finite_initializers(self.model)
+        if broken:
+            raise TrainingDiverged(
+                f"training diverged: weights {', '.join(broken[:3])} of the compressed model are not "
+                "finite; lower lr or strength and try again."
+            )
         metrics.write_model(self.model, path)
         return path
 
@@ -76,6 +85,26 @@ class Compressed:
         tmp.write_text(self.report.to_json())
         tmp.replace(path)
         return path
+
+
+def non_finite_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of float initializers holding NaN or infinity (external data is not read)."""
+    broken = []
+    for tensor in model.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if external or tensor.data_type not in _FLOATS:
+            continue
+        if not np.isfinite(numpy_helper.to_array(tensor)).all():
+            broken.append(tensor.name)
+    return broken
+
+
+_FLOATS = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+)
 
 
 class Stages:
@@ -123,11 +152,12 @@ def compress(
     chosen.check_rule(rule)
     rule = rule if rule is not None else rule_from(chosen.default_rule)
     trains = chosen.retrains or finetune_epochs > 0
-    sample = {model.info.inputs[0].name: data.sample_shape} if data is not None else None
+    sample = data.sample_shapes if data is not None else None
+    output = _scores(model, data, config.output)
 
     stages.enter("evaluate-original")
     x_eval, y_eval = _evaluation_split(data, trains)
-    reference = _reference(model, x_eval, y_eval)
+    reference = _reference(model, x_eval, y_eval, output)
 
     stages.enter("compress")
     progress = _training_progress(stages.notify, config.epochs if chosen.retrains else 0, finetune_epochs)
@@ -135,7 +165,7 @@ def compress(
     result = run_method(model, chosen, rule, data, config, finetune_epochs, hooks)
 
     stages.enter("evaluate-compressed")
-    outputs = metrics.predict(result.model, x_eval) if x_eval is not None else None
+    outputs = metrics.predict(result.model, x_eval, output=output) if x_eval is not None else None
 
     stages.enter("latency")
     latency = _latencies(evaluation, model, result.model, sample)
@@ -181,7 +211,12 @@ def run_method(
             else f"{method.name} with {finetune_epochs} fine-tuning epochs needs data: give a dataset "
             "(digits or an .npz with x, and y when you have labels)."
         )
-    training = TrainingData(model.proto, data, model.info.inputs[0].name) if data is not None else None
+    training = (
+        TrainingData(model.proto, data, model.info.inputs[0].name, config.output)
+        if data is not None
+        else None
+    )
+    method.check_model(model.proto, rule, training.sample_shapes if training is not None else None)
     trained = method.train(model, training, config, hooks)
     result = trained.cut(rule)
     if trained.summary:
@@ -223,26 +258,45 @@ def _training_progress(
     return forward
 
 
-def _evaluation_split(dataset: Dataset | None, trains: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _scores(model: LoadedModel, data: Dataset | None, name: str | None) -> str | None:
+    """The output whose scores are measured, when there is data to measure them on."""
+    from compressors.onnx.outputs import score_output
+
+    return score_output(model.proto, name, data.num_classes) if data is not None else None
+
+
+def _evaluation_split(
+    dataset: Dataset | None, trains: bool
+) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
     """What accuracy is measured on: the held-out split whenever anything is trained on the
     rest (so the report never scores a model on its own training data), else every sample."""
     if dataset is None:
         return None, None
     if trains:
-        return dataset.x_val, dataset.y_val
+        return dataset.inputs(val=True), dataset.y_val
     return dataset.all_inputs()
 
 
-def _reference(model: LoadedModel, x_eval: np.ndarray | None, y_eval: np.ndarray | None) -> np.ndarray | None:
-    """The original model's outputs on the evaluation split, checked against the labels."""
+def _reference(
+    model: LoadedModel, x_eval: list[np.ndarray] | None, y_eval: np.ndarray | None, output: str | None
+) -> np.ndarray | None:
+    """The original model's scores on the evaluation split, checked against the labels."""
     if x_eval is None:
         return None
-    reference = metrics.predict(model.proto, x_eval)
-    if y_eval is not None and int(y_eval.max()) >= reference.shape[1]:
-        raise DatasetRejected(
-            f"labels go up to {int(y_eval.max())} but the model has {reference.shape[1]} outputs; "
-            "check that the dataset belongs to this model."
-        )
+    reference = metrics.predict(model.proto, x_eval, output=output)
+    if y_eval is not None:
+        per_position = reference.ndim == 3
+        if per_position != (y_eval.ndim == 2) or (per_position and y_eval.shape[1] != reference.shape[1]):
+            raise DatasetRejected(
+                f"the labels are shaped {tuple(y_eval.shape)} but the output {output!r} gives scores shaped "
+                f"{tuple(reference.shape)}: give one label per sample for (N, classes) scores, one per "
+                "position (N, seq) for (N, seq, classes)."
+            )
+        if int(y_eval.max()) >= reference.shape[-1]:
+            raise DatasetRejected(
+                f"labels go up to {int(y_eval.max())} but the output {output!r} has {reference.shape[-1]} "
+                "scores; check that the dataset belongs to this model, or choose another output."
+            )
     return reference
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -66,7 +67,23 @@ class Report:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return strict_json(self.to_dict())
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (JSON's null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """JSON that every parser reads: no bare NaN or Infinity (RFC 8259), null in their place."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def _ratio(after: float | None, before: float | None) -> float | None:
@@ -141,7 +158,7 @@ def dataset_block(dataset: Dataset | None, x_eval: Any) -> dict[str, Any] | None
     return {
         "name": dataset.name,
         "sha256": dataset.sha256,
-        "evaluated_samples": len(x_eval),
+        "evaluated_samples": len(x_eval[0] if isinstance(x_eval, list) else x_eval),
         "labelled": dataset.labelled,
     }
 

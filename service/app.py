@@ -17,7 +17,7 @@ from service.executors import executor_for
 from service.logs import request_id
 from service.routes import datasets, health, jobs, models
 from service.settings import Settings, get_settings
-from service.store import ArtifactStore
+from service.store import ArtifactStore, clean_staging
 
 log = logging.getLogger("modelpress.api")
 
@@ -33,12 +33,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifacts_dir)
+    clean_staging(settings.artifacts_dir)  # a server killed mid-upload left its staging behind
     app.state.executor = executor_for(settings)
     app.state.registry = registry = CollectorRegistry()
     app.state.auth_failures = FailedAuth(settings.auth_failures_per_minute)
     app.state.events = EventHub(settings, jobs.read_job_event(settings, app.state.store), registry)
     requests = Counter("modelpress_http_requests", "HTTP requests", ["method", "status"], registry=registry)
     latency = Histogram("modelpress_http_request_seconds", "HTTP request durations", registry=registry)
+    registry.register(health.JobsCollector(settings.db_url))
     problems.install(app)
     openapi.install(app)
     for module in (models, datasets, jobs, health):

@@ -75,7 +75,9 @@ def _add_compress(compress: argparse.ArgumentParser) -> None:
     rank.add_argument("--energy", type=float, help="keep >= this share of Σσ² per layer (0..1]")
     rank.add_argument("--target-macs", type=float, help="whole-model MACs after / before (0..1)")
     rank.add_argument("--target-params", type=float, help="whole-model params after / before (0..1)")
-    compress.add_argument("--data", help="'digits' or an .npz with x (and y)")
+    compress.add_argument(
+        "--data", help="'digits' or an .npz: one array per model input (x for a single input), and y"
+    )
     compress.add_argument("-o", "--output", type=Path, required=True, help="where to write the .onnx")
     compress.add_argument("--report", type=Path, help="where to write report.json")
     compress.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
@@ -85,6 +87,12 @@ def _add_compress(compress: argparse.ArgumentParser) -> None:
     compress.add_argument("--lr-schedule", choices=["cosine", "constant"], help="step-size schedule (cosine)")
     compress.add_argument("--distill", action="store_true", help="distill from the original model")
     compress.add_argument("--json", action="store_true", help="print the report as JSON")
+    compress.add_argument(
+        "--scores",
+        dest="scores_output",
+        metavar="OUTPUT",
+        help="the model output holding the class scores (training.output; default: found)",
+    )
 
 
 _TRAINING_OPTIONS = (
@@ -263,7 +271,7 @@ def _sweep(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="modelpress-") as tmp:
         model = load_model(args.model, Path(tmp))
-        data = load_dataset(args.data, model.info.inputs[0])
+        data = load_dataset(args.data, model.info.inputs)
         training = TrainingData.build(model.proto, data, model.info.inputs[0].name)
         curve = sweep(
             model,
@@ -359,6 +367,8 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     training = _given(args, TRAINING_FLAGS)
     if args.distill:
         training["distill"] = True
+    if getattr(args, "scores_output", None):
+        training["output"] = args.scores_output
     if training:
         spec["training"] = training
     spec["evaluation"] = {"latency": not args.no_latency, "threads": args.threads}
@@ -393,27 +403,41 @@ def _print_report(report) -> None:  # type: ignore[no-untyped-def]
     from compressors import summary_rows
 
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: rows whole, not wrapped at 80 columns
+        console = Console(width=160)
     table = Table(
         "figure", "before", "after", "after/before", title=f"modelpress {report.method} {report.rank}"
     )
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
-    layers = Table("layer", "op", "shape", "rank / full", "energy kept", "params before → after")
+    layers = Table("layer", "op", "shape", "kept", "energy kept", "params before → after")
     for layer in report.layers:
-        rank = "dense" if layer.rank is None else f"{layer.rank} / {layer.full_rank}"
         layers.add_row(
             layer.name,
             layer.op,
             "×".join(map(str, layer.shape)),
-            rank,
-            f"{layer.energy_kept:.3f}",
+            _kept(layer),
+            "–" if layer.energy_kept is None else f"{layer.energy_kept:.3f}",
             f"{layer.params_before:,} → {layer.params_after:,}",
         )
     console.print(layers)
     threads = report.latency.get("threads")
     if threads:
         console.print(f"latency: onnxruntime CPU, {threads} intra-op thread(s), median after warm-up")
+
+
+def _kept(layer) -> str:  # type: ignore[no-untyped-def]
+    """What a layer kept, in the terms of its method: rank, output channels or nonzeros."""
+    if layer.rank is not None:
+        return f"rank {layer.rank} / {layer.full_rank}"
+    if layer.channels is not None:
+        return f"channels {layer.channels[0]} / {layer.channels[1]}"
+    if layer.nonzeros_after is not None:
+        return f"nonzeros {layer.nonzeros_after:,} / {layer.params_before:,}"
+    if layer.params_after < layer.params_before:
+        return "inputs removed upstream"
+    return "dense"
 
 
 if __name__ == "__main__":

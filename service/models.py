@@ -80,6 +80,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
     lease_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    # when a broker message for the job was last sent; the reaper re-sends from here
+    dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

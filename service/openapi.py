@@ -3,7 +3,7 @@
 FastAPI's document is adjusted after it is built (and after ``problems.describe`` has made every
 error a Problem): uploads are ``format: binary``, which is what generators such as
 openapi-python-client read as a file (an OpenAPI 3.1 ``contentMediaType`` alone becomes a text
-field); every response states its ``X-Request-Id`` header, and 429/503 their ``Retry-After``.
+field); every response states its ``X-Request-Id`` header, and 429/503/507 their ``Retry-After``.
 ``tests/test_openapi.py`` checks the result with openapi-spec-validator.
 """
 
@@ -27,7 +27,7 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "integer", "minimum": 0},
     },
 }
-_RETRY_AFTER = ("429", "503")
+_RETRY_AFTER = ("429", "503", "507")
 
 
 def _schemas(node: Any) -> Iterator[dict[str, Any]]:

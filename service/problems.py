@@ -44,6 +44,9 @@ KINDS: dict[str, tuple[int, str]] = {
     "invalid-spec": (422, "The job cannot be run as specified"),
     "not-retrainable": (422, "The model cannot be retrained"),
     "training-diverged": (422, "Training diverged"),
+    "job-timed-out": (500, "The job ran past its time limit"),
+    "job-failed": (500, "The job failed"),
+    "insufficient-storage": (507, "The server is out of storage"),
     "service-unavailable": (503, "A service this request needs is unavailable"),
     "internal-error": (500, "Internal error"),
 }
@@ -218,11 +221,28 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(request, kind, str(exc.detail), exc.status_code, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        import logging
+    app.add_exception_handler(Exception, _unexpected)
 
-        logging.getLogger("modelpress").exception("unhandled error")
-        return problem_response(
-            request, "internal-error", "an unexpected error occurred; it has been logged.", 500
-        )
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A safe sentence for the tenant, the detail in the log under the request id; a full
+    disk (or database) is a 507 the client may retry later, not a 500."""
+    import logging
+
+    log = logging.getLogger("modelpress")
+    if is_disk_full(exc):
+        log.error("out of storage: %s", exc)
+        detail = "the server is out of storage; try again later, or ask the operator to free space."
+        return problem_response(request, "insufficient-storage", detail, 507, retry_after=60)
+    log.exception("unhandled error")
+    detail = "an unexpected error occurred; it has been logged under this request_id."
+    return problem_response(request, "internal-error", detail, 500)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC (or a quota) from the filesystem, or SQLite's "database or disk is full"."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "database or disk is full" in str(exc)

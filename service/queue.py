@@ -4,18 +4,53 @@ A job is claimed by compare-and-set (``UPDATE … WHERE status = 'queued'`` or a
 whose lease has expired), which works the same on SQLite and PostgreSQL and lets exactly
 one worker win. Each claim counts an attempt; a job whose workers keep dying is failed
 with the reason once ``max_attempts`` is spent, instead of looping or staying "running".
+A worker that stops for a restart hands its job back (``release``) without counting the
+attempt. The writes that decide a job's fate (claim, release, finish) are retried on
+database errors with a bounded backoff: a transient error must not drop a job.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.db import session_scope
 from service.models import TERMINAL, Job, utcnow
 from service.settings import Settings
+
+log = logging.getLogger("modelpress.queue")
+P = ParamSpec("P")
+R = TypeVar("R")
+# waits between tries of a claim, release or finish that met a database error (about 6 s in all)
+RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+def retried(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry ``fn`` on database errors (connection lost, locked, disk full) with a bounded
+    backoff; the last error is raised. Constraint violations are answers, not faults."""
+
+    @wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return fn(*args, **kwargs)
+            except IntegrityError:
+                raise
+            except DBAPIError as exc:
+                if delay is None:
+                    raise
+                log.warning("%s: database error (%s); retrying in %.1f s", fn.__name__, exc.orig, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 def _claimable(now: datetime) -> Any:
@@ -25,6 +60,7 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+@retried
 def claim(settings: Settings, owner: str, job_id: str | None = None) -> Job | None:
     """Take the given job, or the oldest claimable one; None when there is nothing to do.
 
@@ -77,18 +113,6 @@ def claim(settings: Settings, owner: str, job_id: str | None = None) -> Job | No
             return None
 
 
-def lease_left(settings: Settings, job_id: str) -> float | None:
-    """Seconds until the lease on a running job runs out (0 when it has); None when the job
-    is not running, or is being cancelled, so no worker will need to take it over."""
-    with session_scope(settings.db_url, readonly=True) as session:
-        expires = session.scalar(
-            select(Job.lease_expires).where(
-                Job.id == job_id, Job.status == "running", Job.cancel_requested.is_(False)
-            )
-        )
-    return None if expires is None else max(0.0, (expires - utcnow()).total_seconds())
-
-
 def heartbeat(settings: Settings, job_id: str, owner: str) -> tuple[bool, bool]:
     """Renew the lease; returns (still ours, cancel requested)."""
     with session_scope(settings.db_url) as session:
@@ -108,12 +132,37 @@ def cancel_requested(settings: Settings, job_id: str) -> bool:
 
 
 def record_progress(settings: Settings, job_id: str, owner: str, progress: dict[str, Any]) -> None:
+    """Best effort: a progress write that fails is logged, never the job's failure."""
+    try:
+        with session_scope(settings.db_url) as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(progress=progress)
+            )
+    except DBAPIError:
+        log.warning("progress of %s not recorded", job_id, exc_info=True)
+
+
+@retried
+def release(settings: Settings, job_id: str, owner: str) -> bool:
+    """Hand a running job back to the queue without counting the attempt (a worker stopping
+    for a restart); its checkpoints stay, so the next claim resumes. Returns whether it did."""
     with session_scope(settings.db_url) as session:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(progress=progress)
-        )
+        released = session.execute(  # type: ignore[attr-defined]
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+            .values(
+                status="queued",
+                lease_owner=None,
+                lease_expires=None,
+                dispatched_at=None,
+                attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+                progress={"stage": "queued", "fraction": 0.0},
+            )
+        ).rowcount
+    return bool(released)
 
 
+@retried
 def finish(
     settings: Settings,
     job_id: str,
@@ -134,6 +183,16 @@ def finish(
         if progress is not None:
             job.progress = progress
     return True
+
+
+def timed_out_error(settings: Settings) -> dict[str, Any]:
+    limit = settings.job_timeout_seconds
+    return _problem(
+        "job-timed-out",
+        f"the job ran past its time limit of {limit:g} s (MODELPRESS_JOB_TIMEOUT_SECONDS) and was "
+        "stopped: timed out. Ask for fewer epochs or a smaller model, or raise the limit.",
+        500,
+    )
 
 
 def _problem(kind: str, detail: str, status: int) -> dict[str, Any]:

@@ -84,8 +84,25 @@ def _write(done: Compressed, stages: Stages, out_dir: Path) -> JobOutput:
 def _dataset(data: str | Path | None, model: LoadedModel, seed: int) -> Dataset | None:
     if data is None:
         return None
-    if len(model.info.inputs) != 1:
-        raise DatasetRejected(
-            f"the model takes {len(model.info.inputs)} inputs; datasets fit single-input models only."
-        )
-    return load_dataset(data, model.info.inputs[0], seed)
+    dataset = load_dataset(data, model.info.inputs, seed)
+    _check_labels(dataset, model)
+    return dataset
+
+
+FLOATS = {"float", "double", "float16", "bfloat16"}
+
+
+def _check_labels(dataset: Dataset, model: LoadedModel) -> None:
+    """Labels of the training and the held-out split alike must name one of the model's
+    classes, checked before any work (else training fails deep inside the loss). The widest
+    float output with a known last dimension bounds them; a symbolic one checks nothing."""
+    widths = [spec.shape[-1] if spec.shape else None for spec in model.info.outputs if spec.dtype in FLOATS]
+    if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        return
+    classes = max(w for w in widths if isinstance(w, int))
+    for key, labels in (("y", dataset.y), ("y_val", dataset.y_val)):
+        if labels is not None and len(labels) and int(labels.max()) >= classes:
+            raise DatasetRejected(
+                f"'{key}' holds label {int(labels.max())} but the model scores {classes} classes; "
+                f"labels must be 0 to {classes - 1}."
+            )

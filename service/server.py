@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -52,12 +53,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.executors.local import WorkerPool
+    from service.reaper import Reaper
 
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     count = settings.workers if args.workers is None else args.workers
     pool = WorkerPool(settings, count) if settings.executor == "local" and count > 0 else None
     if pool is not None:
         pool.start()
+    reaper = Reaper(settings).start()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         uvicorn.run(
@@ -66,6 +69,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        reaper.stop()
         if pool is not None:
             pool.stop()
     return 0
@@ -80,12 +84,16 @@ def _worker(settings: Settings) -> int:
         )
         return EXIT_USAGE
     from service.executors.celery import app_for
+    from service.reaper import Reaper
 
+    Reaper(settings).start()
     app_for(settings).worker_main(
         [
             "worker",
             "--loglevel=INFO",
-            "--concurrency=1",
+            "--pool=solo",  # the job runs in this process, where SIGTERM can stop it (ADR 6)
+            # a name of its own, so that several workers on one host can share a RabbitMQ vhost
+            f"--hostname=modelpress-{os.getpid()}@%h",
             "-Q",
             "modelpress",
             "--without-gossip",

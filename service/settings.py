@@ -71,7 +71,15 @@ class Settings(BaseSettings):
     upload_grace_seconds: float = Field(10.0, ge=0, description="how long a body may start slowly")
     max_attempts: int = Field(3, ge=1, le=20, description="runs of a job before it is failed")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
-    job_timeout_seconds: float = Field(6 * 3600.0, gt=0, description="longest job; Celery visibility timeout")
+    job_timeout_seconds: float = Field(
+        6 * 3600.0, gt=0, description="longest job, from its first start; past it the job fails, timed out"
+    )
+    reaper_seconds: float = Field(
+        15.0, gt=0, le=3600, description="how often the reaper recovers unowned jobs (docs/reliability.md)"
+    )
+    shutdown_grace_seconds: float = Field(
+        8.0, gt=0, le=600, description="SIGTERM: how long a worker waits for its job to stop before leaving"
+    )
     session_secret: SecretStr | None = Field(
         None, description="signs the dashboard's session cookie; default: generated once in data_dir"
     )

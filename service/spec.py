@@ -87,6 +87,13 @@ class TrainingSpec(BaseModel):
     finetune_epochs: Integer = Field(0, ge=0, le=1000, description="epochs on the compressed model")
     distill: bool = Field(False, description="distill from the original (always on without labels)")
     seed: Integer = Field(0, ge=0, le=2**31 - 1)
+    output: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="the model output holding the class scores, trained and evaluated (none: the first "
+        "floating-point output whose last dimension fits the classes; a ZipMap output stands for its input)",
+    )
 
     def config(self) -> TrainConfig:
         return TrainConfig(**{name: getattr(self, name) for name in _TRAIN_CONFIG_FIELDS})
@@ -102,6 +109,7 @@ _TRAIN_CONFIG_FIELDS = (
     "distill",
     "strength",
     "strength_ramp",
+    "output",
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from compressors import (
     library_versions,
     load_dataset,
     load_model,
+    strict_json,
     sweep,
     write_curve,
 )
@@ -38,7 +38,7 @@ def run_sweep(
         raise InvalidSpec("a sweep needs a dataset to measure accuracy on.")
     progress(Progress("load", 0.02))
     model = load_model(model_path, workdir)
-    dataset = load_dataset(data, model.info.inputs[0])
+    dataset = load_dataset(data, model.info.inputs)
     training = TrainingData.build(model.proto, dataset, model.info.inputs[0].name)
     t = spec["training"]
     sweep_spec = SweepSpec(
@@ -73,5 +73,5 @@ def run_sweep(
         **curve.to_dict(),
         "versions": library_versions(),
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.json").write_text(strict_json(report))
     progress(Progress("write", 1.0))

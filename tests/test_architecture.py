@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import yaml
 
 import compressors
@@ -57,6 +58,20 @@ def test_compressing_with_svd_never_imports_torch(digits_mlp_onnx: Path, tmp_pat
     # the same probe sees torch when a method needs it
     tuned = _probe(*svd[:3], "prune", *svd[4:], "--finetune-epochs", "1", "-o", str(tmp_path / "tuned.onnx"))
     assert "exit 0" in tuned and "exit 0 torch-modules 0" not in tuned
+
+
+def test_inspect_gives_the_retraining_verdict_without_torch(digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    """``modelpress inspect`` says whether a model retrains from the torch-free operator table."""
+    out = _probe("inspect", str(digits_mlp_onnx))
+    assert "exit 0 torch-modules 0 []" in out and "retrainable: yes" in out
+    # an operator onnx2torch has no converter for is named, still without torch
+    model = onnx.load(str(digits_mlp_onnx))
+    relu = next(node for node in model.graph.node if node.op_type == "Relu")
+    relu.op_type, relu.name = "Shrink", "odd"
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    odd = _probe("inspect", str(tmp_path / "odd.onnx"))
+    assert "exit 0 torch-modules 0 []" in odd
+    assert "retrainable: no, because operator Shrink" in odd and "'odd'" in odd
 
 
 def _probe(*args: str) -> str:

@@ -169,3 +169,49 @@ def test_sweep_writes_curves_for_factorizing_structured_and_unstructured_methods
     rows = (out / "curve.csv").read_text().strip().splitlines()
     assert len(rows) == len(points) + 1
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+KEPT = {
+    "svd": "rank ",
+    "nuclear": "rank ",
+    "l2": "rank ",
+    "group_lasso": "channels ",
+    "l1": "nonzeros ",
+    "variational": "nonzeros ",
+    "prune": "nonzeros ",
+}
+
+
+@pytest.mark.parametrize("method", sorted(KEPT))
+def test_every_method_prints_a_readable_table(method: str, digits_mlp_onnx: Path, tmp_path: Path) -> None:
+    """The human-readable output of ``compress``: the summary and one row per layer, whatever
+    the method leaves empty (energy kept is None for channel removal and sparsity)."""
+    target = (
+        ["--target-params", "0.5"] if method in ("l1", "variational", "prune") else ["--target-macs", "0.5"]
+    )
+    done = run_cli(
+        "compress",
+        str(digits_mlp_onnx),
+        "--method",
+        method,
+        *target,
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--no-latency",
+        "-o",
+        str(tmp_path / "small.onnx"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"modelpress {method}" in done.stdout
+    for figure in ("parameters", "MACs / sample", "accuracy top1"):
+        assert figure in done.stdout, figure
+    rows = [line for line in done.stdout.splitlines() if "Gemm" in line or "MatMul" in line]
+    assert len(rows) == 2, done.stdout  # both layers of the MLP
+    # what each layer kept, in the method's terms (a layer the rule leaves whole says so)
+    assert KEPT[method] in rows[0], rows
+    assert all(
+        any(kind in row for kind in (KEPT[method], "dense", "inputs removed upstream")) for row in rows
+    )
+    assert "None" not in done.stdout

@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressors.onnx.graph import fixed_batch
 from compressors.training.any_batch import sample_feeds
-from compressors.training.convert import check_retrainable, prepare, to_torch, write_back
+from compressors.training.convert import to_torch, write_back
+from compressors.training.prepare import check_retrainable, prepare
 from examples import digits
 from tests.conftest import run_cli
 

@@ -15,8 +15,9 @@ from compressors.intake.loading import load_model
 from compressors.onnx import metrics
 from compressors.onnx.inspection import analysis_shapes
 from compressors.onnx.layers import find_layers
-from compressors.training.convert import check_retrainable, prepare, to_torch, write_back
+from compressors.training.convert import to_torch, write_back
 from compressors.training.loop import TrainConfig, distillation_loss, learning_rate, train
+from compressors.training.prepare import check_retrainable, prepare
 from compressors.training.prox import NuclearProx, singular_value_threshold
 from compressors.training.variational import kl_approximation
 from compressors.training.views import weight_views

@@ -2,16 +2,22 @@
 the model's input before any work starts.
 
 An ``.npz`` is checked from its array headers and opened memory-mapped
-(``compressors.intake.npz``). Keys: ``x`` (float, shaped like the model input without the batch dimension),
-optional ``y`` (integer class labels), optional ``x_val``/``y_val``. Without ``x_val`` a
-seeded 20% of ``x`` is held out for evaluation when training, and all of ``x`` is used
-when nothing is trained.
+(``compressors.intake.npz``); it is never loaded whole. Keys: each model input under its own
+graph input name (for a model with a single input, ``x`` may stand in for that name), shaped
+like the input without the batch dimension: floating point for float inputs,
+integers for integer inputs (token ids, attention masks),
+cast to the input's own dtype. Optional ``y``: integer class labels, one per sample
+(``(N,)``) or one per position (``(N, seq)``, for a language model's ``(N, seq, vocab)``
+logits). Optional validation split: the same keys with ``_val`` (``x_val``, ``input_ids_val``,
+``y_val``). Without it a seeded 20% of the samples is held out for evaluation when training,
+and every sample is used when nothing is trained.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,22 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray | None
     held_out: bool  # x_val was split off x rather than given
+    names: tuple[str, ...] = ()  # the model's inputs in graph order; x feeds names[0]
+    more: dict[str, np.ndarray] = field(default_factory=dict)  # the other inputs, training rows
+    more_val: dict[str, np.ndarray] = field(default_factory=dict)  # ... and validation rows
+
+    def inputs(self, val: bool = False) -> list[np.ndarray]:
+        """Every model input of the training (or validation) rows, in graph order."""
+        first, rest = (self.x_val, self.more_val) if val else (self.x, self.more)
+        return [first, *(rest[name] for name in self.names[1:])]
+
+    @property
+    def sample_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per model input, the shape of one sample."""
+        names = self.names or ("x",)
+        return {
+            name: tuple(int(d) for d in a.shape[1:]) for name, a in zip(names, self.inputs(), strict=True)
+        }
 
     @property
     def labelled(self) -> bool:
@@ -49,20 +71,29 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x.shape[1:])
 
-    def all_inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def all_inputs(self) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Every sample, for evaluation when nothing is trained on them."""
         if self.held_out:
-            x = np.concatenate([self.x, self.x_val])
+            x = [np.concatenate([a, b]) for a, b in zip(self.inputs(), self.inputs(val=True), strict=True)]
             y = None if self.y is None or self.y_val is None else np.concatenate([self.y, self.y_val])
             return x, y
-        return self.x_val, self.y_val
+        return self.inputs(val=True), self.y_val
 
 
-def load_dataset(source: str | Path, model_input: TensorSpec, seed: int = 0) -> Dataset:
-    """``"digits"`` or a path to an ``.npz``; shaped and checked for ``model_input``."""
+def load_dataset(
+    source: str | Path, model_inputs: TensorSpec | Sequence[TensorSpec], seed: int = 0
+) -> Dataset:
+    """``"digits"`` or a path to an ``.npz``; shaped and checked for the model's inputs."""
+    specs = [model_inputs] if isinstance(model_inputs, TensorSpec) else list(model_inputs)
     if str(source) == "digits":
-        return _digits(model_input, seed)
-    return _npz(Path(source), model_input, seed)
+        if len(specs) != 1:
+            names = ", ".join(repr(s.name) for s in specs)
+            raise DatasetRejected(
+                f"the model takes {len(specs)} inputs ({names}); the built-in digits set fits a "
+                "single-input model. Give an .npz with one array per input name."
+            )
+        return _digits(specs[0], seed)
+    return _npz(Path(source), specs, seed)
 
 
 def _digits(model_input: TensorSpec, seed: int) -> Dataset:
@@ -81,24 +112,27 @@ def _digits(model_input: TensorSpec, seed: int) -> Dataset:
         )
     _check_shape("digits", x, model_input)
     digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
-    return _split("digits", digest, x, y, None, None, seed)
+    return _split("digits", digest, x, y, None, None, seed, (model_input.name,))
 
 
-def _npz(path: Path, model_input: TensorSpec, seed: int) -> Dataset:
-    headers = read_headers(path, MAX_DATASET_BYTES)
-    if "x" not in headers:
-        raise DatasetRejected(f"the .npz has no 'x' array (it has {sorted(headers)}); name the inputs 'x'.")
-    for key, header in headers.items():
-        if key in ("x", "x_val") and header.dtype.kind != "f":
-            raise DatasetRejected(f"'{key}' has dtype {header.dtype}; inputs must be float32.")
-    arrays = {key: open_array(path, header) for key, header in headers.items()}
-    x = _inputs("x", arrays["x"], model_input)
+def _npz(path: Path, specs: list[TensorSpec], seed: int) -> Dataset:
+    arrays = _read_npz(path)
+    train = _model_inputs(arrays, specs, "")
+    x = train[specs[0].name]
     y = _labels("y", arrays.get("y"), len(x))
-    x_val = _inputs("x_val", arrays["x_val"], model_input) if "x_val" in arrays else None
-    y_val = _labels("y_val", arrays.get("y_val"), len(x_val)) if x_val is not None else None
-    if (y is None) != (y_val is None) and x_val is not None:
+    val = _model_inputs(arrays, specs, "_val") if _has_split(arrays, specs) else None
+    y_val = _labels("y_val", arrays.get("y_val"), len(val[specs[0].name])) if val is not None else None
+    if (y is None) != (y_val is None) and val is not None:
         raise DatasetRejected("give labels for both 'x' and 'x_val', or for neither.")
-    return _split(path.name, _sha256(path), x, y, x_val, y_val, seed)
+    digest = _sha256(path)
+    names = tuple(s.name for s in specs)
+    return _split(path.name, digest, train, y, val, y_val, seed, names)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array, its header checked against the cap first, opened memory-mapped."""
+    headers = read_headers(path, MAX_DATASET_BYTES)
+    return {key: open_array(path, header) for key, header in headers.items()}
 
 
 def _sha256(path: Path) -> str:
@@ -109,16 +143,66 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _key(arrays: dict[str, np.ndarray], specs: list[TensorSpec], spec: TensorSpec, suffix: str) -> str | None:
+    """The .npz key holding ``spec``'s samples: its own name, or ``x`` for a single input."""
+    for key in (spec.name + suffix, *(["x" + suffix] if len(specs) == 1 else [])):
+        if key in arrays:
+            return key
+    return None
+
+
+def _has_split(arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> bool:
+    return any(_key(arrays, specs, spec, "_val") is not None for spec in specs)
+
+
+def _model_inputs(
+    arrays: dict[str, np.ndarray], specs: list[TensorSpec], suffix: str
+) -> dict[str, np.ndarray]:
+    """Each model input's array (``suffix`` "" or "_val"), checked and cast to the input's dtype."""
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        key = _key(arrays, specs, spec, suffix)
+        if key is None:
+            alias = f" (or 'x{suffix}')" if len(specs) == 1 else ""
+            raise DatasetRejected(
+                f"the .npz has no '{spec.name}{suffix}'{alias} for the model input {spec.name!r} "
+                f"(it has {sorted(arrays)}); store one array per model input, named after it."
+            )
+        out[spec.name] = _inputs(key, arrays[key], spec)
+    counts = {len(a) for a in out.values()}
+    if len(counts) > 1:
+        raise DatasetRejected(
+            "the model inputs have different sample counts: "
+            + ", ".join(f"{k}: {len(a)}" for k, a in out.items())
+        )
+    return out
+
+
+INTEGER_INPUTS = {"int64": np.int64, "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+
+
 def _inputs(key: str, array: np.ndarray, model_input: TensorSpec) -> np.ndarray:
-    if not np.issubdtype(array.dtype, np.floating):
-        raise DatasetRejected(f"'{key}' has dtype {array.dtype}; inputs must be float32.")
     if len(array) == 0:
         raise DatasetRejected(f"'{key}' is empty; give at least one sample.")
-    array = array.astype(np.float32, copy=False)
-    # in slices: a memory-mapped array is checked without a full-size boolean copy
-    step = max(1, (64 << 20) // max(array[:1].nbytes, 1))
-    if not all(np.isfinite(array[i : i + step]).all() for i in range(0, len(array), step)):
-        raise DatasetRejected(f"'{key}' contains NaN or infinite values; clean the data first.")
+    wanted = INTEGER_INPUTS.get(model_input.dtype)
+    if wanted is not None:
+        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+            raise DatasetRejected(
+                f"'{key}' has dtype {array.dtype}; the model input {model_input.name!r} takes "
+                f"{model_input.dtype} (token ids, masks): store integers."
+            )
+        array = array.astype(wanted, copy=False)
+    else:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise DatasetRejected(
+                f"'{key}' has dtype {array.dtype}; the model input {model_input.name!r} takes "
+                f"{model_input.dtype}: inputs must be float32."
+            )
+        array = array.astype(np.float32, copy=False)
+        # in slices: a memory-mapped array is checked without a full-size boolean copy
+        step = max(1, (64 << 20) // max(array[:1].nbytes, 1))
+        if not all(np.isfinite(array[i : i + step]).all() for i in range(0, len(array), step)):
+            raise DatasetRejected(f"'{key}' contains NaN or infinite values; clean the data first.")
     _check_shape(key, array, model_input)
     return array
 
@@ -140,8 +224,10 @@ def _check_shape(key: str, array: np.ndarray, model_input: TensorSpec) -> None:
 def _labels(key: str, array: np.ndarray | None, count: int) -> np.ndarray | None:
     if array is None:
         return None
-    if not np.issubdtype(array.dtype, np.integer) or array.ndim != 1:
-        raise DatasetRejected(f"'{key}' must be a 1-D array of integer class labels (int64).")
+    if not np.issubdtype(array.dtype, np.integer) or array.ndim not in (1, 2):
+        raise DatasetRejected(
+            f"'{key}' must hold integer class labels (int64): one per sample, or one per position (N, seq)."
+        )
     if len(array) != count:
         raise DatasetRejected(f"'{key}' has {len(array)} labels for {count} inputs; they must match.")
     if array.min() < 0:
@@ -152,25 +238,39 @@ def _labels(key: str, array: np.ndarray | None, count: int) -> np.ndarray | None
 def _split(
     name: str,
     digest: str,
-    x: np.ndarray,
+    x: dict[str, np.ndarray] | np.ndarray,
     y: np.ndarray | None,
-    x_val: np.ndarray | None,
+    x_val: dict[str, np.ndarray] | np.ndarray | None,
     y_val: np.ndarray | None,
     seed: int,
+    names: tuple[str, ...] = ("x",),
 ) -> Dataset:
-    if x_val is not None:
-        return Dataset(name, digest, x, y, x_val, y_val, held_out=False)
-    if len(x) < 2:
-        return Dataset(name, digest, x, y, x, y, held_out=False)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = max(1, round(len(x) * HOLDOUT))
-    val, train = order[:cut], order[cut:]
-    return Dataset(
-        name,
-        digest,
-        x[train],
-        None if y is None else y[train],
-        x[val],
-        None if y is None else y[val],
-        held_out=True,
+    train = x if isinstance(x, dict) else {names[0]: x}
+    val = x_val if isinstance(x_val, dict) or x_val is None else {names[0]: x_val}
+
+    def build(
+        t: dict[str, np.ndarray],
+        ty: np.ndarray | None,
+        v: dict[str, np.ndarray],
+        vy: np.ndarray | None,
+        held: bool,
+    ) -> Dataset:
+        rest = {k: a for k, a in t.items() if k != names[0]}
+        rest_val = {k: a for k, a in v.items() if k != names[0]}
+        return Dataset(name, digest, t[names[0]], ty, v[names[0]], vy, held, names, rest, rest_val)
+
+    if val is not None:
+        return build(train, y, val, y_val, False)
+    count = len(train[names[0]])
+    if count < 2:
+        return build(train, y, train, y, False)
+    order = np.random.default_rng(seed).permutation(count)
+    cut = max(1, round(count * HOLDOUT))
+    rows, held = order[cut:], order[:cut]
+    return build(
+        {k: a[rows] for k, a in train.items()},
+        None if y is None else y[rows],
+        {k: a[held] for k, a in train.items()},
+        None if y is None else y[held],
+        True,
     )

@@ -133,19 +133,35 @@ def _copy_counted(src: IO[bytes], out: IO[bytes], expected: int, key: str) -> No
 
 def describe(path: Path, max_bytes: int, holdout: float) -> dict[str, object]:
     """What a dataset upload holds, from its headers alone: sample count and shape, labels,
-    validation split. The shape's fit to a model is checked per job."""
+    validation split. One array per model input, named after it (``x`` for a single input);
+    the fit to a model is checked per job."""
     headers = read_headers(path, max_bytes)
-    x = headers.get("x")
-    if x is None or len(x.shape) < 2 or x.dtype.kind != "f" or x.shape[0] == 0:
-        raise DatasetRejected("the .npz needs a float array 'x' shaped (N, ...) with N >= 1.")
+    inputs = {k: h for k, h in headers.items() if k not in ("y", "y_val") and not k.endswith("_val")}
+    for key, header in inputs.items():
+        numeric = header.dtype.kind in "fiub"
+        if len(header.shape) < 2 or not numeric or header.shape[0] == 0:
+            raise DatasetRejected(
+                f"'{key}' must be a numeric array shaped (N, ...) with N >= 1: one array per model "
+                "input, named after it (x for a single input)."
+            )
+    if not inputs:
+        raise DatasetRejected(
+            "the .npz needs one array per model input, named after it (x for a single input)."
+        )
+    counts = {h.shape[0] for h in inputs.values()}
+    if len(counts) > 1:
+        raise DatasetRejected(f"the input arrays hold different numbers of samples: {sorted(counts)}.")
+    x = inputs.get("x", next(iter(inputs.values())))
     for key in ("y", "y_val"):
-        if key in headers and (len(headers[key].shape) != 1 or headers[key].dtype.kind not in "iu"):
-            raise DatasetRejected(f"'{key}' must be a 1-D array of integer class labels.")
+        if key in headers and (len(headers[key].shape) not in (1, 2) or headers[key].dtype.kind not in "iu"):
+            raise DatasetRejected(
+                f"'{key}' must hold integer class labels: one per sample, or one per position (N, seq)."
+            )
     if "y" in headers and headers["y"].shape[0] != x.shape[0]:
         raise DatasetRejected(
             f"'y' has {headers['y'].shape[0]} labels for {x.shape[0]} inputs; they must match."
         )
-    val = headers.get("x_val")
+    val = next((h for k, h in headers.items() if k.endswith("_val") and k != "y_val"), None)
     return {
         "samples": x.shape[0],
         "sample_shape": [int(d) for d in x.shape[1:]],

@@ -110,11 +110,7 @@ def _remove_to_target(
 
     low, high = 0, len(scored)
     best, ratio = attempt(high)
-    if ratio > rule.ratio + 1e-9:
-        raise InvalidSpec(
-            f"a {rule.metric} target of {rule.ratio:g} is unreachable by removing channels: the smallest "
-            f"reachable is {ratio:.3f} (tied layers and the rest of the model stay)."
-        )
+    _refuse_unreachable(rule, ratio)
     while low < high:
         mid = (low + high) // 2
         removal, ratio = attempt(mid)
@@ -123,6 +119,36 @@ def _remove_to_target(
         else:
             low = mid + 1
     return best
+
+
+def _refuse_unreachable(rule: Target, ratio: float) -> None:
+    if ratio > rule.ratio + 1e-9:
+        raise InvalidSpec(
+            f"a {rule.metric} target of {rule.ratio:g} is unreachable by removing channels: the smallest "
+            f"reachable is {ratio:.3f} (tied layers and the rest of the model stay)."
+        )
+
+
+def precheck(
+    model: onnx.ModelProto, rule: RankRule | None, sample: Mapping[str, tuple[int, ...]] | None
+) -> None:
+    """Before training: refuse a model with no removable channel (naming why, layer by layer),
+    and a target that removing every removable channel would still not reach."""
+    shapes, _ = analysis_shapes(model, sample)
+    verdicts = prunable_layers(model, shapes)
+    removable = [name for name, why in verdicts.items() if why is None]
+    if not removable:
+        some = "; ".join(f"{name}: {why}" for name, why in list(verdicts.items())[:3])
+        raise InvalidSpec(
+            f"group_lasso finds no removable channel in this model ({some or 'no Gemm, MatMul or Conv'}); "
+            "use nuclear, l2 or svd, which factorize instead."
+        )
+    if isinstance(rule, Target):
+        keep = {name: np.array([], dtype=np.int64) for name in removable}
+        gone = remove_channels(model, keep, shapes).model
+        _refuse_unreachable(
+            rule, _cost(gone, rule.metric, dict(sample or {})) / _cost(model, rule.metric, dict(sample or {}))
+        )
 
 
 def _cost(model: onnx.ModelProto, metric: str, sample: dict[str, tuple[int, ...]]) -> float:
@@ -154,7 +180,9 @@ def _accounting(
     )
 
 
-@register("group_lasso", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0))
+@register(
+    "group_lasso", "structure", RULES, {"energy": 0.9}, strength=1.0, sweep=(0.3, 1.0, 3.0), precheck=precheck
+)
 def train(
     model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks
 ) -> TrainedGroupLasso:

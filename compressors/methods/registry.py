@@ -40,6 +40,8 @@ class Trained(Protocol):
 
 
 TrainFunction = Callable[["LoadedModel", "TrainingData | None", "TrainConfig", "Hooks"], Trained]
+# refuses, before any training, a rule the model cannot meet: (model, rule, per-input sample shapes)
+Precheck = Callable[[onnx.ModelProto, RankRule | None, "Mapping[str, Shape] | None"], None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Method:
     strength: float | None  # default regularizer λ; None for training-free methods
     sweep_strengths: tuple[float, ...] = ()  # the λ grid a sweep tries by default
     train_function: TrainFunction | None = field(default=None, compare=False, repr=False)
+    precheck: Precheck | None = field(default=None, compare=False, repr=False)
 
     @property
     def retrains(self) -> bool:
@@ -84,6 +87,13 @@ class Method:
             )
             raise InvalidSpec(f"{self.name} takes {takes}, not {key or 'no rank'}{why}.")
 
+    def check_model(
+        self, model: onnx.ModelProto, rule: RankRule | None, sample_shapes: Mapping[str, Shape] | None
+    ) -> None:
+        """Refuse, before training, a model this method finds nothing to cut in, or a rule out of reach."""
+        if self.precheck is not None:
+            self.precheck(model, rule, sample_shapes)
+
     def train(
         self, model: LoadedModel, data: TrainingData | None, config: TrainConfig, hooks: Hooks
     ) -> Trained:
@@ -107,6 +117,7 @@ def register(
     *,
     strength: float | None = None,
     sweep: tuple[float, ...] = (),
+    precheck: Precheck | None = None,
 ) -> Callable[[TrainFunction], TrainFunction]:
     """Register the decorated ``train`` function as method ``name`` with its facts (see
     ``Method``). Its summary is the first line of its module's docstring, after the name."""
@@ -117,7 +128,7 @@ def register(
     def add(train: TrainFunction) -> TrainFunction:
         doc = (sys.modules[train.__module__].__doc__ or name).strip().splitlines()[0]
         summary = doc.removeprefix(f"``{name}``: ").rstrip(".")
-        METHODS[name] = Method(name, summary, shrinks, rules, default_rule, strength, sweep, train)
+        METHODS[name] = Method(name, summary, shrinks, rules, default_rule, strength, sweep, train, precheck)
         return train
 
     return add

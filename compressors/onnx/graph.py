@@ -247,3 +247,17 @@ def static_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[s
     if needed:
         known.update(probe_shapes(model, shapes, list(dict.fromkeys(needed))))
     return known
+
+
+def shape_constant(
+    name: str, inits: dict[str, onnx.TensorProto], made_by: dict[str, onnx.NodeProto]
+) -> np.ndarray | None:
+    """A shape operand that is constant: one tensor, or a Concat of constant pieces (how an
+    unoptimized dynamo export builds a Reshape target)."""
+    node = made_by.get(name)
+    if node is not None and node.op_type == "Concat":
+        pieces = [shape_constant(piece, inits, made_by) for piece in node.input]
+        if all(p is not None and p.ndim == 1 for p in pieces):
+            return np.concatenate([p for p in pieces if p is not None])
+        return None
+    return constant_array(name, inits, made_by)

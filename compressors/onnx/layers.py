@@ -93,8 +93,9 @@ def _describe(
         return refuse("its weight is computed at run time, not stored in the model")
     if op == "ConvTranspose":
         return refuse("ConvTranspose layers are not factorized")
-    if uses.get(weight, 0) > 1:
-        return refuse("its weight is shared with other nodes")
+    shared = _shared_along(weight, uses, made_by)
+    if shared is not None:
+        return refuse(shared)
     value = constant_array(weight, inits, made_by)
     if value is None or value.dtype != np.float32:
         return refuse("only float32 weights are factorized")
@@ -132,6 +133,23 @@ def _matrix_shape(node: onnx.NodeProto, value: np.ndarray) -> tuple[int, int] | 
     if node.op_type == "Gemm" and attribute(node, "transB", 0):
         return int(value.shape[1]), int(value.shape[0])
     return int(value.shape[0]), int(value.shape[1])
+
+
+def _shared_along(weight: str, uses: Mapping[str, int], made_by: Mapping[str, onnx.NodeProto]) -> str | None:
+    """Why the weight is shared, if it is: read by other nodes itself, or through the
+    Transpose/Identity/Cast chain it comes from (a language model's head tied to its token
+    embedding reads the embedding matrix through a Transpose)."""
+    name = weight
+    hops: list[str] = []
+    while True:
+        if uses.get(name, 0) > 1:
+            via = f" (through {' and '.join(hops)})" if hops else ""
+            return f"its weight{via} is shared with other nodes, so it is left whole for all of them"
+        node = made_by.get(name)
+        if node is None or node.op_type not in ("Transpose", "Identity", "Cast"):
+            return None
+        hops.append(node.op_type)
+        name = node.input[0]
 
 
 def _is_const(

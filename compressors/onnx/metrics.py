@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,26 +88,55 @@ def random_feeds(
     return feeds
 
 
-def predict(model: onnx.ModelProto | ort.InferenceSession, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The model's first output on ``x``, computed in batches (one at a time for a fixed batch)."""
+Inputs = np.ndarray | Sequence[np.ndarray]
+
+
+def predict(
+    model: onnx.ModelProto | ort.InferenceSession,
+    x: Inputs,
+    batch: int = 256,
+    output: str | None = None,
+) -> np.ndarray:
+    """The model's scores on ``x`` (one array per model input, in graph order; or one array),
+    computed in batches (the graph's own batch, padded, for a fixed-batch model): the output
+    named ``output``, else the first. Shaped (N, classes), or (N, seq, classes) when the
+    scores are per position."""
+    if isinstance(model, onnx.ModelProto) and output is not None:
+        from compressors.onnx.outputs import up_to
+
+        model = up_to(model, output)
     sess = model if isinstance(model, ort.InferenceSession) else session(model, threads=2)
-    name = sess.get_inputs()[0].name
-    declared = sess.get_inputs()[0].shape
-    step = declared[0] if declared and isinstance(declared[0], int) else batch
+    arrays = [x] if isinstance(x, np.ndarray) else list(x)
+    metas = sess.get_inputs()[: len(arrays)]
+    names = [m.name for m in metas]
+    declared = metas[0].shape
+    fixed = bool(declared) and isinstance(declared[0], int)
+    step = declared[0] if fixed else batch
+    rows = len(arrays[0])
+    which = [output] if output is not None and output in {o.name for o in sess.get_outputs()} else None
     outs = []
-    for start in range(0, len(x), step):
-        chunk = x[start : start + step]
-        if len(chunk) < step and isinstance(declared[0], int):
+    for start in range(0, rows, step):
+        chunks = [a[start : start + step] for a in arrays]
+        real = len(chunks[0])
+        if real < step and fixed:
             # a fixed-batch model: pad the last chunk, keep only the real rows
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), axis=0)])
-            outs.append(sess.run(None, {name: padded})[0][: len(chunk)])
-        else:
-            outs.append(sess.run(None, {name: chunk})[0])
-    return np.concatenate(outs).reshape(len(x), -1)
+            chunks = [np.concatenate([c, np.repeat(c[-1:], step - real, axis=0)]) for c in chunks]
+        outs.append(np.asarray(sess.run(which, dict(zip(names, chunks, strict=True)))[0])[:real])
+    scores = np.concatenate(outs)
+    if scores.ndim > 2 and int(np.prod(scores.shape[1:-1])) > 1 and scores.shape[-1] > 1:
+        return scores  # per-position scores: (N, seq, classes)
+    return scores.reshape(rows, -1)
+
+
+def rows_of(logits: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-position scores (N, seq, C) and labels (N, seq) as (N·seq, C) and (N·seq,)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return flat, None if labels is None else labels.reshape(-1)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1, and top-5 when there are at least 10 classes."""
+    """Top-1, and top-5 when there are at least 10 classes (per position for a language model)."""
+    logits, labels = rows_of(logits, labels)  # type: ignore[assignment]
     result = {"top1": float(np.mean(logits.argmax(axis=1) == labels))}
     if logits.shape[1] >= 10:
         top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -117,6 +146,7 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def fidelity(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Agreement with the original model: top-1 agreement and max |logit difference|."""
+    logits, reference = rows_of(logits)[0], rows_of(reference)[0]
     return {
         "top1_agreement": float(np.mean(logits.argmax(axis=1) == reference.argmax(axis=1))),
         "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),

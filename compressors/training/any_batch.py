@@ -34,12 +34,12 @@ from torch import nn
 
 from compressors.errors import NotRetrainable
 from compressors.onnx.graph import (
-    constant_array,
     graph_inputs,
     infer_static_shapes,
     initializers,
     probe_shapes,
     producers,
+    shape_constant,
 )
 
 BATCH_DIM = "batch"
@@ -88,20 +88,6 @@ def _shapes_at(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     if wanted:
         known.update(probe_shapes(model, inputs, list(dict.fromkeys(wanted))))
     return known
-
-
-def shape_constant(
-    name: str, inits: dict[str, onnx.TensorProto], made_by: dict[str, onnx.NodeProto]
-) -> np.ndarray | None:
-    """A shape operand that is constant: one tensor, or a Concat of constant pieces (how an
-    unoptimized dynamo export builds a Reshape target)."""
-    node = made_by.get(name)
-    if node is not None and node.op_type == "Concat":
-        pieces = [shape_constant(piece, inits, made_by) for piece in node.input]
-        if all(p is not None and p.ndim == 1 for p in pieces):
-            return np.concatenate([p for p in pieces if p is not None])
-        return None
-    return constant_array(name, inits, made_by)
 
 
 class _Rewriter:

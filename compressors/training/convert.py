@@ -32,17 +32,15 @@ from onnx import numpy_helper
 
 from compressors.errors import NotRetrainable
 from compressors.onnx.graph import fixed_batch, initializers, is_float_tensor, producers
-from compressors.onnx.inspection import opset_of
 from compressors.training import onnx_converters
 from compressors.training.any_batch import (
     FixedBatch,
     has_only_batch_fixed,
     outputs_agree,
-    shape_constant,
     symbolic_batch,
 )
+from compressors.training.prepare import UNTIED, prepare, user_untie_plan, verdict
 
-MAX_OPSET = 17  # the newest opset onnx2torch 1.5 converts by itself
 log = logging.getLogger(__name__)
 
 
@@ -66,136 +64,9 @@ class TrainableModel:
         return next((name for name, b in self.bindings.items() if b.tensor == tensor), None)
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that onnx2torch can convert, with identical semantics."""
-    prepared = onnx.ModelProto()
-    prepared.CopyFrom(model)
-    _hoist_constants(prepared.graph)
-    _materialize_shared_weights(prepared.graph)
-    prepared = _down_convert_if_it_helps(prepared, opset_of(model))
-    _relax_reshape_allowzero(prepared.graph)
-    return prepared
-
-
-def unconvertible_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes whose operator, at the model's own opset, has no converter in onnx2torch's registry."""
-    from onnx2torch.node_converters import get_converter
-
-    onnx_converters.register()
-    opsets = {o.domain or "": o.version for o in model.opset_import}
-    missing = []
-    for node in model.graph.node:
-        domain = node.domain or ""
-        try:
-            get_converter(node.op_type, opsets.get(domain, MAX_OPSET), domain)
-        except NotImplementedError:
-            missing.append(node)
-    return missing
-
-
-def _down_convert_if_it_helps(prepared: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Bring the graph down to opset 17 only when some operator lacks a converter at its own
-    opset and every one of them has a converter at 17; otherwise leave it (and let the check
-    name the operator)."""
-    from onnx2torch.node_converters import get_converter
-
-    missing = unconvertible_nodes(prepared)
-    if opset <= MAX_OPSET or not missing:
-        return prepared
-    try:
-        for node in missing:
-            get_converter(node.op_type, MAX_OPSET, node.domain or "")
-    except NotImplementedError:
-        return prepared
-    try:
-        return onnx.version_converter.convert_version(prepared, MAX_OPSET)
-    except Exception as exc:
-        raise NotRetrainable(
-            f"the model's opset {opset} could not be brought down to {MAX_OPSET} for retraining "
-            f"({_first_line(exc)}); use svd or prune, which need no retraining."
-        ) from exc
-
-
-def _hoist_constants(graph: onnx.GraphProto) -> None:
-    """Float Constant nodes become initializers of the same name, so they can be trained."""
-    keep = []
-    for node in graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and is_float_tensor(value):
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-
-
-def _materialize_shared_weights(graph: onnx.GraphProto) -> None:
-    """An Identity of a float initializer (the TorchScript exporter shares one tensor among
-    layers whose weights were equal, e.g. zero biases) becomes an initializer of its own under
-    the Identity's output name, so each layer trains its own copy; ``write_back`` gives the user's
-    graph the same split only where the copies came to differ."""
-    while True:
-        inits = initializers(graph)
-        shared = [
-            n
-            for n in graph.node
-            if n.op_type == "Identity" and n.input[0] in inits and is_float_tensor(inits[n.input[0]])
-        ]
-        if not shared:
-            return
-        for node in shared:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            graph.initializer.append(copy)
-            graph.node.remove(node)
-
-
-def _relax_reshape_allowzero(graph: onnx.GraphProto) -> None:
-    """``allowzero`` only matters where the target shape holds a 0, and with allowzero=1 a 0
-    in the target makes the output, hence the input, empty. Training never feeds empty
-    batches, so on every tensor training sees the two settings give the same result; the
-    user's graph keeps its own setting. Only a constant target holding a 0 (a Reshape that
-    always empties its input) is left as it is, and refused."""
-    inits, made_by = initializers(graph), producers(graph)
-    for node in graph.node:
-        if node.op_type != "Reshape":
-            continue
-        for attr in node.attribute:
-            if attr.name == "allowzero" and attr.i == 1:
-                shape = shape_constant(node.input[1], inits, made_by)
-                if shape is None or not (shape == 0).any():
-                    attr.i = 0
-
-
-def check_retrainable(model: onnx.ModelProto) -> tuple[bool, str]:
-    """(True, "") when every operator converts to torch; else (False, why), naming the
-    operator and the node."""
-    try:
-        prepared = prepare(model)
-    except NotRetrainable as exc:
-        return False, exc.message
-    opsets = {o.domain or "": o.version for o in prepared.opset_import}
-    for node in unconvertible_nodes(prepared)[:1]:
-        domain = node.domain or ""
-        where = f"{domain}::" if domain else ""
-        at = f" at node {node.name!r}" if node.name else ""
-        return (
-            False,
-            f"operator {where}{node.op_type} (opset {opsets.get(domain)}){at} has no torch converter",
-        )
-    for node in prepared.graph.node:
-        if node.op_type == "Reshape" and any(a.name == "allowzero" and a.i for a in node.attribute):
-            return False, "a Reshape with allowzero=1 has a constant target shape holding a 0"
-    return True, ""
-
-
 def to_torch(model: onnx.ModelProto) -> TrainableModel:
     """A trainable torch module computing what ``model`` computes, at any batch size."""
-    ok, why = check_retrainable(model)
+    ok, why = verdict(model)
     if not ok:
         raise NotRetrainable(f"the model cannot be retrained: {why}; use svd or prune instead.")
     prepared = prepare(model)
@@ -217,6 +88,7 @@ def to_torch(model: onnx.ModelProto) -> TrainableModel:
 def _convert(prepared: onnx.ModelProto) -> torch.fx.GraphModule:
     from onnx2torch import convert
 
+    onnx_converters.register()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -288,14 +160,20 @@ def _parameter_sources(module: torch.fx.GraphModule, prepared: onnx.ModelProto) 
 
 
 def _bind(trainable: TrainableModel, prepared: onnx.ModelProto) -> None:
-    """Bind each float parameter to the single-use initializer it holds (by source and content);
-    what cannot be bound, or is shared by several nodes, stays frozen."""
+    """Bind each float parameter to the initializer it holds (by source and content); a
+    tensor several nodes read is one parameter for all of them (``_tie_buffers``). What
+    cannot be bound stays frozen."""
     uses: dict[str, int] = {}
     for node in prepared.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    tensors = {t.name: t for t in prepared.graph.initializer if is_float_tensor(t) and uses.get(t.name) == 1}
     sources = _parameter_sources(trainable.module, prepared)  # type: ignore[arg-type]
+    tied = _tie_buffers(trainable.module, sources, uses)
+    tensors = {
+        t.name: t
+        for t in prepared.graph.initializer
+        if is_float_tensor(t) and (uses.get(t.name) == 1 or t.name in tied)
+    }
     taken: set[str] = set()
     for name, param in trainable.module.named_parameters():
         value = param.detach().cpu().numpy()
@@ -308,6 +186,35 @@ def _bind(trainable: TrainableModel, prepared: onnx.ModelProto) -> None:
         else:
             taken.add(binding.tensor)
             trainable.bindings[name] = binding
+
+
+def _tie_buffers(module: torch.nn.Module, sources: dict[str, list[str]], uses: dict[str, int]) -> set[str]:
+    """onnx2torch makes one initializer buffer per reading node, so a tensor read by several
+    nodes (a language model's head tied to its token embedding, through a Transpose) would
+    train as independent copies. Every reading gets the same parameter instead; returns the
+    tensors so tied."""
+    container = getattr(module, "initializers", None)
+    if container is None:
+        return set()
+    readers: dict[str, list[str]] = {}
+    for target, tensors in sources.items():
+        if target.startswith("initializers.") and len(tensors) == 1 and uses.get(tensors[0], 0) > 1:
+            readers.setdefault(tensors[0], []).append(target.split(".", 1)[1])
+    own = dict(container.named_parameters(recurse=False))
+    tied = set()
+    for tensor, names in readers.items():
+        if (
+            len(names) < 2
+            or not all(n in own for n in names)
+            or any(own[n].shape != own[names[0]].shape for n in names)
+        ):
+            continue
+        keep = own[names[0]]
+        for other in names[1:]:
+            delattr(container, other)
+            container.register_parameter(other, keep)
+        tied.add(tensor)
+    return tied
 
 
 def _claim(value: np.ndarray, candidates: list[str], tensors: dict[str, onnx.TensorProto]) -> Binding | None:
@@ -328,6 +235,7 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
     targets = {t.name: t for t in out.graph.initializer}
     constants = {n.output[0]: n for n in out.graph.node if n.op_type == "Constant"}
     identities = {n.output[0]: n for n in out.graph.node if n.op_type == "Identity"}
+    plan = user_untie_plan(model) if any(UNTIED in b.tensor for b in trainable.bindings.values()) else {}
     for name, binding in trainable.bindings.items():
         value = params[name].detach().cpu().numpy()
         if binding.transposed:
@@ -340,6 +248,8 @@ def write_back(trainable: TrainableModel, model: onnx.ModelProto) -> onnx.ModelP
             attr.t.CopyFrom(_like(attr.t, value))
         elif binding.tensor in identities:
             _split_shared(out.graph, identities[binding.tensor], value)
+        elif binding.tensor in plan:
+            _write_untied(out.graph, plan, binding.tensor, value)
     return out
 
 
@@ -359,6 +269,25 @@ def _split_shared(graph: onnx.GraphProto, identity: onnx.NodeProto, value: np.nd
     own.name = identity.output[0]
     graph.initializer.append(own)
     graph.node.remove(identity)
+
+
+def _write_untied(
+    graph: onnx.GraphProto, plan: dict[str, tuple[str, str, int]], copy_name: str, value: np.ndarray
+) -> None:
+    """The layer that trained its own copy of a shared initializer reads a tensor of its own,
+    unless the copy still equals the shared one (then the user's graph stays as it was)."""
+    name, reader, k = plan[copy_name]
+    inits, made_by = initializers(graph), producers(graph)
+    if name not in inits or reader not in made_by:
+        log.info("the trained copy %s has no place in the graph; left as it was", copy_name)
+        return
+    template = inits[name]
+    if np.array_equal(numpy_helper.to_array(template), value.astype(numpy_helper.to_array(template).dtype)):
+        return
+    own = _like(template, value)
+    own.name = copy_name
+    graph.initializer.append(own)
+    made_by[reader].input[k] = copy_name
 
 
 def _like(template: onnx.TensorProto, value: np.ndarray) -> onnx.TensorProto:

@@ -34,6 +34,7 @@ class TrainConfig:
     strength: float | None = None  # the method's regularizer λ; None: the method's default
     strength_ramp: float = 0.0  # nuclear: share of the steps over which λ rises from 0
     prox_every: int | None = None  # nuclear: a fixed prox interval (None: adaptive, ADR 0003)
+    output: str | None = None  # the output holding the class scores (None: found, compressors.onnx.outputs)
 
 
 @dataclass
@@ -66,35 +67,57 @@ class Hooks:
 class TrainingData:
     """A dataset bound to the model it belongs to. The original model's logits (computed
     once, with onnxruntime, when first asked for) are the teacher for distillation and the
-    only target when the dataset has no labels."""
+    only target when the dataset has no labels.
+
+    ``output`` is the graph output whose scores are evaluated; ``logits`` the tensor training
+    reads for it (the input of a final Softmax, else the output itself)."""
 
     model: onnx.ModelProto  # the original
     data: Dataset
     input_name: str
+    output: str | None = None
 
     @classmethod
-    def build(cls, model: onnx.ModelProto, data: Dataset | None, input_name: str) -> TrainingData:
+    def build(
+        cls, model: onnx.ModelProto, data: Dataset | None, input_name: str, output: str | None = None
+    ) -> TrainingData:
         if data is None:
             raise InvalidSpec("retraining methods need data: give --data digits or an .npz with x (and y).")
-        return cls(model, data, input_name)
+        return cls(model, data, input_name, output)
+
+    @cached_property
+    def scores(self) -> str:
+        """The tensor whose scores are evaluated (``output``, or the one found)."""
+        from compressors.onnx.outputs import score_output
+
+        return score_output(self.model, self.output, self.data.num_classes)
+
+    @cached_property
+    def logits(self) -> str:
+        from compressors.onnx.outputs import logits_of
+
+        return logits_of(self.model, self.scores)
 
     @cached_property
     def _session(self) -> object:
-        return metrics.session(self.model, threads=2)
+        from compressors.onnx.outputs import up_to
+
+        return metrics.session(up_to(self.model, self.logits), threads=2)
 
     @cached_property
     def teacher(self) -> np.ndarray:
-        """The original model's logits on ``data.x``."""
-        return metrics.predict(self._session, self.data.x)  # type: ignore[arg-type]
+        """The original model's logits on the training rows."""
+        return metrics.predict(self._session, self.data.inputs())  # type: ignore[arg-type]
 
     @cached_property
     def teacher_val(self) -> np.ndarray:
-        """... and on ``data.x_val``."""
-        return metrics.predict(self._session, self.data.x_val)  # type: ignore[arg-type]
+        """... and on the validation rows."""
+        return metrics.predict(self._session, self.data.inputs(val=True))  # type: ignore[arg-type]
 
     @property
     def sample_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {self.input_name: self.data.sample_shape}
+        shapes = self.data.sample_shapes
+        return shapes if self.data.names else {self.input_name: self.data.sample_shape}
 
     def steps(self, config: TrainConfig) -> int:
         """Optimizer steps in ``config.epochs`` passes over the training split."""

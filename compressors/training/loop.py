@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,14 +64,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     ) * (t * t)
 
 
+Inputs = np.ndarray | Sequence[np.ndarray]  # one array per model input, in graph order
+
+
 def train(
     module: torch.nn.Module,
-    x: np.ndarray,
+    x: Inputs,
     y: np.ndarray | None,
     config: TrainConfig,
     teacher_logits: np.ndarray | None = None,
     regularizer: Regularizer | None = None,
-    validation: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None,
+    validation: tuple[Inputs, np.ndarray | None, np.ndarray | None] | None = None,
     stage: str = "train",
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -122,7 +125,7 @@ class Batches:
 
     def __init__(
         self,
-        x: np.ndarray,
+        x: Inputs,
         y: np.ndarray | None,
         teacher: np.ndarray | None,
         config: TrainConfig,
@@ -130,39 +133,60 @@ class Batches:
     ) -> None:
         if y is None and teacher is None:
             raise ValueError("training needs labels or teacher logits")
-        self.x = torch.from_numpy(x)
+        self.xs = [torch.from_numpy(a) for a in _as_list(x)]
         self.y = torch.from_numpy(y) if y is not None else None
         # the teacher is only used when distilling, which is forced without labels
         use_kl = teacher is not None and (config.distill or y is None)
         self.teacher = torch.from_numpy(teacher) if use_kl and teacher is not None else None
         self.config, self.device = config, device
-        self.steps = math.ceil(len(self.x) / config.batch_size)
+        self.rows = len(self.xs[0])
+        self.steps = math.ceil(self.rows / config.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+    def epoch(
+        self, epoch: int
+    ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]]:
         size = self.config.batch_size
         order = torch.randperm(
-            len(self.x), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self.rows, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         )
-        for start in range(0, len(self.x), size):
+        for start in range(0, self.rows, size):
             idx = order[start : start + size]
             yield (
-                self.x[idx].to(self.device),
+                [a[idx].to(self.device) for a in self.xs],
                 None if self.y is None else self.y[idx].to(self.device),
                 None if self.teacher is None else self.teacher[idx].to(self.device),
             )
 
 
+def _as_list(x: Inputs) -> list[np.ndarray]:
+    return [x] if isinstance(x, np.ndarray) else list(x)
+
+
+def _rows(out: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None) -> tuple:
+    """Per-position scores (N, seq, C) as N·seq rows, with their labels and teacher scores."""
+    if out.ndim <= 2:
+        return out, labels, teacher
+    rows = out.reshape(-1, out.shape[-1])
+    return (
+        rows,
+        None if labels is None else labels.reshape(-1),
+        None if teacher is None else teacher.reshape(-1, teacher.shape[-1]),
+    )
+
+
 def batch_loss(
     module: torch.nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     labels: torch.Tensor | None,
     teacher: torch.Tensor | None,
     config: TrainConfig,
     regularizer: Regularizer | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(data loss, regularizer penalty) of one batch: cross-entropy on labels, the
-    distillation KL on teacher logits, or their mix weighted by ``distill_weight``."""
-    out = module(inputs)
+    distillation KL on teacher logits, or their mix weighted by ``distill_weight``. A language
+    model's (N, seq, vocab) scores count each position as a sample (labels shaped (N, seq))."""
+    out = module(*inputs) if isinstance(inputs, (list, tuple)) else module(inputs)
+    out, labels, teacher = _rows(out, labels, teacher)
     loss = torch.zeros((), device=out.device)
     if labels is not None:
         loss = F.cross_entropy(out, labels)
@@ -212,7 +236,7 @@ def _epoch_record(
     epoch: int,
     means: np.ndarray,
     regularizer: Regularizer | None,
-    validation: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None,
+    validation: tuple[Inputs, np.ndarray | None, np.ndarray | None] | None,
     device: torch.device,
 ) -> dict[str, float]:
     record = {"epoch": float(epoch), "loss": float(means[0]), "penalty": float(means[1])}
@@ -309,11 +333,13 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def predict(
-    module: torch.nn.Module, x: np.ndarray, device: torch.device | None = None, batch: int = 512
+    module: torch.nn.Module, x: Inputs, device: torch.device | None = None, batch: int = 512
 ) -> np.ndarray:
     device = device or next(module.parameters()).device
+    arrays = _as_list(x)
     outs = [
-        module(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu() for i in range(0, len(x), batch)
+        module(*(torch.from_numpy(a[i : i + batch]).to(device) for a in arrays)).float().cpu()
+        for i in range(0, len(arrays[0]), batch)
     ]
     return torch.cat(outs).numpy()
 
@@ -321,13 +347,16 @@ def predict(
 @torch.no_grad()
 def evaluate(
     module: torch.nn.Module,
-    x: np.ndarray,
+    x: Inputs,
     y: np.ndarray | None,
     teacher: np.ndarray | None,
     device: torch.device | None = None,
 ) -> dict[str, float]:
     """Validation accuracy when labelled; otherwise top-1 agreement with the teacher."""
     logits = predict(module, x, device)
+    logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim > 2 else logits.reshape(len(logits), -1)
+    y = None if y is None else y.reshape(-1)
+    teacher = None if teacher is None else teacher.reshape(-1, teacher.shape[-1])
     if y is not None:
         return {"val_accuracy": float((logits.argmax(1) == y).mean())}
     assert teacher is not None

@@ -23,7 +23,9 @@ everything once; ``compressors.training.convert`` imports it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -280,3 +282,32 @@ def register() -> None:
 
 
 register()
+
+
+def live_table() -> dict[tuple[str, str], tuple[int, ...]]:
+    """The table as the installed onnx2torch (with this project's converters) has it. Imports torch."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    register()
+    table: dict[tuple[str, str], list[int]] = {}
+    for key in _CONVERTER_REGISTRY:
+        table.setdefault((key.domain, key.operation_type), []).append(key.version)
+    return {key: tuple(sorted(versions)) for key, versions in sorted(table.items())}
+
+
+def main() -> int:
+    """Rewrite ``compressors/training/operators.py``'s table from the live registry."""
+    path = Path(__file__).with_name("operators.py")
+    source = path.read_text(encoding="utf-8")
+    head, rest = source.split("CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n", 1)
+    tail = rest.split("\n}\n", 1)[1]
+    rows = "".join(
+        f'    ("{domain}", "{op}"): {versions!r},\n' for (domain, op), versions in live_table().items()
+    )
+    body = "CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n" + rows + "}\n"
+    path.write_text(head + body + tail, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

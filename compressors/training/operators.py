@@ -4,14 +4,12 @@ The table is onnx2torch's converter registry with this project's own converters 
 (``onnx_converters.register``), written out so that ``modelpress inspect`` can give the
 retraining verdict without importing torch. ``tests/test_operators.py`` checks it against
 the live registry, so it cannot drift from what conversion actually does; after upgrading
-onnx2torch or adding a converter, rewrite it with ``python -m compressors.training.operators``.
+onnx2torch or adding a converter, rewrite it with ``python -m compressors.training.onnx_converters``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 
 from onnx import defs
 
@@ -139,34 +137,3 @@ def has_converter(op_type: str, opset: int, domain: str = "") -> bool:
     with contextlib.suppress(RuntimeError, defs.SchemaError):
         version = defs.get_schema(op_type, max_inclusive_version=opset, domain=domain).since_version
     return version in CONVERTERS.get((domain, op_type), ())
-
-
-def live_table() -> dict[tuple[str, str], tuple[int, ...]]:
-    """The table as the installed onnx2torch (with this project's converters) has it. Imports torch."""
-    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
-
-    from compressors.training import onnx_converters
-
-    onnx_converters.register()
-    table: dict[tuple[str, str], list[int]] = {}
-    for key in _CONVERTER_REGISTRY:
-        table.setdefault((key.domain, key.operation_type), []).append(key.version)
-    return {key: tuple(sorted(versions)) for key, versions in sorted(table.items())}
-
-
-def main() -> int:
-    """Rewrite this file's table from the live registry."""
-    path = Path(__file__)
-    source = path.read_text(encoding="utf-8")
-    head, rest = source.split("CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n", 1)
-    tail = rest.split("\n}\n", 1)[1]
-    rows = "".join(
-        f'    ("{domain}", "{op}"): {versions!r},\n' for (domain, op), versions in live_table().items()
-    )
-    body = "CONVERTERS: dict[tuple[str, str], tuple[int, ...]] = {\n" + rows + "}\n"
-    path.write_text(head + body + tail, encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,7 @@ import torch
 
 from compressors.onnx.inspection import analysis_shapes
 from compressors.onnx.layers import find_layers
+from compressors.onnx.outputs import up_to
 from compressors.training.convert import TrainableModel, to_torch, write_back
 from compressors.training.inputs import Hooks, TrainConfig, TrainingData
 from compressors.training.loop import Regularizer, TrainResult, train
@@ -19,9 +20,11 @@ from compressors.training.views import WeightView, weight_views
 
 
 def trainable_with_views(
-    model: onnx.ModelProto, sample_shapes: dict | None
+    model: onnx.ModelProto, sample_shapes: dict | None, output: str | None = None
 ) -> tuple[TrainableModel, list[WeightView]]:
-    trainable = to_torch(model)
+    """The part of ``model`` computing ``output`` (all of it when None) as a trainable module,
+    and the views of its factorizable weights."""
+    trainable = to_torch(up_to(model, output) if output is not None else model)
     shapes, batch = analysis_shapes(model, sample_shapes)
     return trainable, weight_views(trainable, model, find_layers(model, shapes, batch))
 
@@ -46,7 +49,7 @@ def retrain(
 ) -> Retrained:
     """Convert ``model``, train it under the regularizer built for its weight views, write
     the weights back. The summary records the strength (``config.strength``)."""
-    trainable, views = trainable_with_views(model, training.sample_shapes)
+    trainable, views = trainable_with_views(model, training.sample_shapes, training.logits)
     penalty = regularizer(trainable, views)
     trained = run_training(trainable, training, config, "train", hooks, penalty)
     summary = {**stage_summary(trained), "strength": config.strength}
@@ -66,12 +69,12 @@ def run_training(
     checkpoint = hooks.checkpoint_dir / f"{stage}.pt" if hooks.checkpoint_dir else None
     return train(
         trainable.module,
-        data.x,
+        data.inputs(),
         data.y,
         config,
         teacher_logits=training.teacher,
         regularizer=regularizer,
-        validation=(data.x_val, data.y_val, training.teacher_val),
+        validation=(data.inputs(val=True), data.y_val, training.teacher_val),
         stage=stage,
         progress=hooks.progress,
         should_stop=hooks.should_stop,
@@ -104,7 +107,7 @@ def finetune(
     keep_zeros: bool,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Fine-tune a compressed ONNX model (optionally holding its zeros) and return it."""
-    trainable, views = trainable_with_views(model, training.sample_shapes)
+    trainable, views = trainable_with_views(model, training.sample_shapes, training.logits)
     hook = zero_masks(trainable, views) if keep_zeros else None
     tuned = replace(config, epochs=epochs, weight_decay=0.0)
     result = run_training(trainable, training, tuned, "finetune", hooks, after_step=hook)

@@ -208,7 +208,7 @@ def train_variational(
 ) -> TrainedVariational:
     """Train with the ELBO's KL term weighted by ``config.strength``; prune later, at any level."""
     strength = float(config.strength or 0.0)
-    trainable, views = trainable_with_views(model, training.sample_shapes)
+    trainable, views = trainable_with_views(model, training.sample_shapes, training.logits)
     owners = make_variational(trainable, views)
     steps = math.ceil(len(training.data.x) / config.batch_size)
     kl = VariationalKL(

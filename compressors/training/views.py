@@ -51,7 +51,9 @@ def weight_views(trainable: TrainableModel, model: onnx.ModelProto, layers: list
             continue
         tensor, flips = layer.weight, 0
         while (
-            tensor not in inits and tensor in made_by and made_by[tensor].op_type in ("Transpose", "Identity")
+            tensor not in inits
+            and tensor in made_by
+            and made_by[tensor].op_type in ("Transpose", "Identity", "Cast")
         ):
             flips += made_by[tensor].op_type == "Transpose"
             tensor = made_by[tensor].input[0]

@@ -12,7 +12,14 @@ from service.settings import Settings
 
 
 class Executor(Protocol):
+    # whether jobs reach workers as broker messages the reaper may have to send again
+    dispatches: bool
+
     def submit(self, job_id: str) -> None: ...
+
+    def depth(self) -> int | None:
+        """Messages waiting in the broker's queue; None when unknown."""
+        ...
 
     def check(self) -> str:
         """ "ok", or why the executor cannot take work now (for /readyz)."""

@@ -1,7 +1,9 @@
 """The embedded default: worker processes beside the API, claiming jobs from the database.
 
 ``serve`` supervises them: a worker that dies (a crash, ``kill -9``, the OOM killer) is
-replaced, and its job is re-claimed by whichever worker sees its lease expire.
+replaced, and its job is re-claimed by whichever worker sees its lease expire. On SIGTERM
+a worker stops at the next training step and hands its job back without counting the
+attempt, so a restart of ``serve`` costs a job nothing but the time since its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ log = logging.getLogger("modelpress.local")
 
 
 class LocalExecutor:
+    dispatches = False
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def submit(self, job_id: str) -> None:
         return None  # workers poll the jobs table; nothing to send
+
+    def depth(self) -> int | None:
+        return None
 
     def check(self) -> str:
         return "ok"
@@ -39,8 +46,13 @@ def _worker_main(settings_json: str) -> None:
 
     settings = Settings.model_validate_json(settings_json)
     cap_threads(settings.local_worker_threads())
-    from service.worker import run_local_worker
+    from service.worker import request_drain, run_local_worker
 
+    def drain(*_: object) -> None:  # finish the step, hand the job back, exit (bounded)
+        request_drain(settings.shutdown_grace_seconds)
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)  # Ctrl-C in serve's terminal reaches the whole group
     configure_logging()
     run_local_worker(settings)
 
@@ -87,10 +99,11 @@ class WorkerPool:
                     self.processes[i] = self._spawn()
 
     def stop(self) -> None:
+        """SIGTERM each worker (it hands its job back), then SIGKILL what outlives the grace."""
         self._stop.set()
         for process in self.processes:
             process.terminate()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
         for process in self.processes:
             process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():

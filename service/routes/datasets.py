@@ -23,7 +23,7 @@ from service.retention import delete_upload
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
-from service.store import ArtifactStore, stream_to_file
+from service.store import ArtifactStore, clean_name, stream_to_file
 from service.uploads import Upload, receive_multipart
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -33,7 +33,8 @@ _NPZ = {
     "type": "string",
     "format": "binary",
     "contentMediaType": "application/octet-stream",
-    "description": ".npz with x (and y, x_val, y_val); never unpickled",
+    "description": ".npz with one array per model input, named after it (x for a single input), "
+    "and y; a validation split under the same names with _val; never unpickled",
 }
 # One content type only: generated clients mishandle an operation with two request bodies
 # (openapi-python-client emits a module that does not import). The JSON form
@@ -52,7 +53,10 @@ _BODY = {
             },
         },
     },
-    "responses": {"415": {"description": "neither multipart/form-data nor application/json"}},
+    "responses": {
+        "415": {"description": "neither multipart/form-data nor application/json"},
+        "507": {"description": "the server is out of storage; retry later (Retry-After)"},
+    },
 }
 _DESCRIPTION = (
     "Upload an .npz as multipart field `file`, or name a built-in set in field `builtin`. "
@@ -118,7 +122,7 @@ async def _store_npz(
     quotas.check_storage(session, tenant, settings, upload.size)
     dataset = StoredDataset(
         tenant_id=tenant.id,
-        name=Path(upload.filename or "data.npz").name[:300],
+        name=clean_name(upload.filename, "data.npz", limit=300),
         builtin=None,
         sha256=upload.sha256,  # hashed while the body arrived
         size_bytes=upload.size,

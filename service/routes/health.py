@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import SecretStr
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 
 from service.db import session_scope
 from service.models import Job
@@ -80,28 +84,40 @@ def _check_metrics_token(request: Request, token: SecretStr | None) -> None:
     },
 )
 def metrics(request: Request) -> Response:
-    settings = request.app.state.settings
-    _check_metrics_token(request, settings.metrics_token)
-    registry = CollectorRegistry()
-    by_state = Gauge("modelpress_jobs", "jobs by state", ["state"], registry=registry)
-    durations = Histogram(
-        "modelpress_job_duration_seconds",
-        "durations of finished jobs",
-        buckets=(1, 5, 15, 60, 300, 900, 3600, 14400),
-        registry=registry,
-    )
-    depth = Gauge("modelpress_queue_depth", "jobs waiting for a worker", registry=registry)
-    with session_scope(settings.db_url, readonly=True) as session:
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for value in session.scalars(
-            select(Job.duration_s)
-            .where(Job.duration_s.is_not(None))
-            .order_by(Job.finished_at.desc())
-            .limit(1000)
-        ):
-            durations.observe(float(value or 0.0))
-    for state in ("queued", "running", "succeeded", "failed", "cancelled"):
-        by_state.labels(state).set(counts.get(state, 0))
-    depth.set(counts.get("queued", 0))
-    body = generate_latest(registry) + generate_latest(request.app.state.registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    _check_metrics_token(request, request.app.state.settings.metrics_token)
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 14400)
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class JobsCollector(Collector):
+    """Job states, queue depth and the job-duration histogram, read from the jobs table at
+    each scrape by one query pair. The histogram counts every finished job once, so its
+    ``_count`` and buckets only ever grow (Prometheus counters' contract)."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+
+    def collect(self) -> Iterator[Metric]:
+        finished = Job.duration_s.is_not(None)
+        columns: list[Any] = [func.count(), func.coalesce(func.sum(Job.duration_s), 0.0)]
+        columns += [func.sum(case((Job.duration_s <= b, 1), else_=0)) for b in DURATION_BUCKETS]
+        with session_scope(self.db_url, readonly=True) as session:
+            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            total, seconds, *cumulative = session.execute(select(*columns).where(finished)).one()
+        states = GaugeMetricFamily("modelpress_jobs", "jobs by state", labels=["state"])
+        for state in STATES:
+            states.add_metric([state], counts.get(state, 0))
+        yield states
+        yield GaugeMetricFamily(
+            "modelpress_queue_depth", "jobs waiting for a worker", counts.get("queued", 0)
+        )
+        buckets = [(str(b), int(c or 0)) for b, c in zip(DURATION_BUCKETS, cumulative, strict=True)]
+        yield HistogramMetricFamily(
+            "modelpress_job_duration_seconds",
+            "durations of finished jobs",
+            buckets=[*buckets, ("+Inf", int(total))],
+            sum_value=float(seconds),
+        )

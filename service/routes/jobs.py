@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from service import quotas, retention
 from service.db import session_scope
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
-from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant
+from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant, utcnow
 from service.problems import Problem
 from service.report_schema import JobReport
 from service.routes import paginate
@@ -26,8 +27,13 @@ from service.spec import CompressionSpec
 from service.store import ARTIFACT_NAMES, ArtifactStore
 
 router = APIRouter(tags=["jobs"])
+log = logging.getLogger("modelpress.jobs")
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+# printable ASCII, 1 to 200 characters: an empty or over-long key is a 422, never a job
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[!-~][ -~]*$")
+]
+INSERT_TRIES = 3  # a key's insert race has one winner; the losers read its job
 
 
 def record(job: Job, store: ArtifactStore) -> JobRecord:
@@ -62,18 +68,41 @@ def _create(
 ) -> tuple[Job, bool]:
     """Insert a job, or return the one this Idempotency-Key already made (same body only)."""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    if key:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    for _ in range(INSERT_TRIES):
+        existing = _existing(session, tenant, kind, key, digest)
         if existing is not None:
-            if existing.request_hash != digest or existing.kind != kind:
-                raise Problem(
-                    "idempotency-conflict",
-                    "this Idempotency-Key was used with a different request; use a new key.",
-                )
             return existing, False
-    settings: Settings = request.app.state.settings
-    quotas.check_size(kind, body, settings)
-    quotas.check_jobs(session, tenant, settings)
+        settings: Settings = request.app.state.settings
+        quotas.check_size(kind, body, settings)
+        quotas.check_jobs(session, tenant, settings)
+        job = _new_job(session, tenant, kind, body, key, digest)
+        session.add(job)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent request with the same key won the race: read its job
+            session.rollback()
+            if not key:
+                raise
+            continue
+        _dispatch(request, job)
+        return job, True
+    raise Problem("conflict", "this Idempotency-Key is being used by a concurrent request; retry.", 409)
+
+
+def _existing(session: Session, tenant: Tenant, kind: str, key: str | None, digest: str) -> Job | None:
+    if not key:
+        return None
+    existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    if existing is not None and (existing.request_hash != digest or existing.kind != kind):
+        raise Problem(
+            "idempotency-conflict", "this Idempotency-Key was used with a different request; use a new key."
+        )
+    return existing
+
+
+def _new_job(
+    session: Session, tenant: Tenant, kind: str, body: dict[str, Any], key: str | None, digest: str
+) -> Job:
     model = session.get(StoredModel, body["model_id"])
     if model is None or model.tenant_id != tenant.id:
         raise Problem("not-found", f"no model '{body['model_id']}' in your account.")
@@ -83,7 +112,7 @@ def _create(
         if dataset is None or dataset.tenant_id != tenant.id:
             raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
     spec = {k: v for k, v in body.items() if k not in ("model_id", "dataset_id")}
-    job = Job(
+    return Job(
         tenant_id=tenant.id,
         kind=kind,
         model_id=body["model_id"],
@@ -92,30 +121,23 @@ def _create(
         idempotency_key=key,
         request_hash=digest,
         progress={"stage": "queued", "fraction": 0.0},
+        dispatched_at=utcnow(),
     )
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        session.rollback()
-        return _create(request, session, tenant, kind, body, key)
+
+
+def _dispatch(request: Request, job: Job) -> None:
+    """Send the job to the workers. The job is saved first, so a broker that is down loses
+    nothing: the job stays queued and the reaper sends it once the broker is back."""
     try:
         request.app.state.executor.submit(job.id)
     except Exception as exc:
-        # the broker did not take it: forget the job so that a retry (same key) starts afresh
-        session.delete(job)
-        session.commit()
-        raise Problem(
-            "service-unavailable",
-            f"the job queue is unreachable ({type(exc).__name__}); retry in a few seconds.",
-            retry_after=5,
-        ) from exc
-    return job, True
+        log.warning("job %s saved but not sent (%s); the reaper will send it", job.id, type(exc).__name__)
 
 
 _SUBMIT: dict[int | str, dict[str, Any]] = {
     404: {"description": "the model or dataset is not in your account"},
-    503: {"description": "the job queue is unreachable; retry with the same Idempotency-Key"},
+    409: {"description": "a concurrent request with the same Idempotency-Key is still in flight"},
+    507: {"description": "the server is out of storage; retry later (Retry-After)"},
 }
 _NOT_READY: dict[int | str, dict[str, Any]] = {409: {"description": "the job has not succeeded (yet)"}}
 
@@ -195,9 +217,11 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
     job = _owned(session, tenant, job_id)
     if job.status in TERMINAL:
         raise Problem("job-finished", f"job '{job_id}' already {job.status}; there is nothing to cancel.")
-    if job.status == "queued":
+    unowned = job.lease_owner is None or job.lease_expires is None or job.lease_expires < utcnow()
+    if job.status == "queued" or unowned:  # no live worker holds it: cancelled now
         job.status, job.progress = "cancelled", {"stage": "cancelled"}
-    elif job.status == "running":
+        job.finished_at, job.lease_owner = utcnow(), None
+    else:
         job.cancel_requested = True  # the worker stops before its next training step
     session.commit()
     return record(job, store)

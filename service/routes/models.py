@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +21,7 @@ from service.retention import delete_upload
 from service.routes import paginate
 from service.schemas import ModelRecord, Page
 from service.settings import Settings
-from service.store import ArtifactStore, stream_to_file
+from service.store import ArtifactStore, clean_name, stream_to_file
 from service.uploads import Upload, receive_multipart
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -34,6 +34,12 @@ _NEXT = {
         operation: {"operationId": operation, "requestBody": {"model_id": "$response.body#/id"}}
         for operation in ("jobs-create", "sweeps-create")
     }
+}
+
+
+_CREATED: dict[int | str, dict[str, Any]] = {
+    201: _NEXT,
+    507: {"description": "the server is out of storage; retry later (Retry-After)"},
 }
 
 
@@ -127,12 +133,10 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 async def _store(
     upload: Upload, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> ModelRecord:
-    name = Path(upload.filename or "model.onnx").name
+    name = clean_name(upload.filename, "model.onnx")
     if not name.lower().endswith((".onnx", ".zip")):
         raise Problem("model-rejected", f"'{name}' is neither an .onnx file nor a .zip bundle.")
-    path = upload.path.rename(
-        upload.path.with_name("upload.zip" if name.lower().endswith(".zip") else "upload.onnx")
-    )
+    path = upload.path.rename(upload.path.with_name(name))
     limits = Limits(max_file_bytes=settings.max_model_bytes)
     info = await run_in_threadpool(_inspect, path, limits)
     # in the transaction that inserts (a SQLite write lock): never held across an await

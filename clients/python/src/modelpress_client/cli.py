@@ -90,6 +90,7 @@ def _add_spec_options(submit: argparse.ArgumentParser) -> None:
         ("--strength-ramp", "strength_ramp", float, "nuclear: share of training over which λ rises"),
         ("--batch-size", "batch_size", int, "training batch size"),
         ("--seed", "seed", int, "seed for data order and sampling"),
+        ("--scores", "output", str, "the model output holding the class scores (default: found)"),
     )
     for flag, key, kind, text in training:
         _spec_option(submit, flag, "training", key, type=kind, help=text)

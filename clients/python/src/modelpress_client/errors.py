@@ -190,6 +190,12 @@ class ServiceUnavailable(ServerError):
     status = 503
 
 
+class InsufficientStorage(ServerError):
+    """507: the server is out of storage; retried (honouring Retry-After) before it reaches you."""
+
+    status = 507
+
+
 class WaitTimeout(ModelpressError, TimeoutError):
     """``jobs.wait(timeout=...)`` ran out before the job reached a terminal state."""
 
@@ -221,6 +227,7 @@ _BY_KIND: dict[str, type[APIStatusError]] = {
     "invalid-spec": InvalidSpec,
     "not-retrainable": NotRetrainable,
     "service-unavailable": ServiceUnavailable,
+    "insufficient-storage": InsufficientStorage,
     "internal-error": ServerError,
 }
 _BY_STATUS: dict[int, type[APIStatusError]] = {
@@ -234,6 +241,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     422: UnprocessableError,
     429: RateLimited,
     503: ServiceUnavailable,
+    507: InsufficientStorage,
 }
 
 
