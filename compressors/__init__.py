@@ -31,6 +31,7 @@ from compressors.errors import (
 )
 from compressors.intake.datasets import HOLDOUT, MAX_DATASET_BYTES, Dataset, load_dataset
 from compressors.intake.loading import Limits, LoadedModel, load_model
+from compressors.intake.npz import describe as describe_dataset
 from compressors.methods import METHODS, RULES, WEIGHTINGS, Method, Weighting
 from compressors.onnx.inspection import ModelInfo
 from compressors.onnx.quantize import QUANTIZE_MODES, Quantize
@@ -82,6 +83,7 @@ __all__ = [
     "UnsafeExternalData",
     "Weighting",
     "compress",
+    "describe_dataset",
     "finite",
     "inspect_model",
     "library_versions",

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.auth import tenant_for
+from service.auth import FailedAuth, tenant_for
 from service.db import session_factory, session_scope
 from service.models import Tenant
 from service.problems import Problem
@@ -48,12 +48,16 @@ def current_tenant(
 ) -> Tenant:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem("unauthorized", "send an API key as 'Authorization: Bearer <key>'.")
+    failures: FailedAuth = request.app.state.auth_failures
+    address = request.client.host if request.client else ""
+    failures.check(address, credentials.credentials)  # 429 while this address or key is held back
     session = session_factory(request.app.state.settings.db_url, readonly=True)()
     try:
         tenant = tenant_for(session, credentials.credentials)
     finally:
         session.close()
     if tenant is None:
+        failures.failed(address, credentials.credentials)
         raise Problem("unauthorized", "the API key is not valid; create one with `modelpress create-key`.")
     return tenant
 

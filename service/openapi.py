@@ -59,7 +59,23 @@ def response_headers(schema: dict[str, Any]) -> None:
                     headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
 
 
+def named_bodies(schema: dict[str, Any]) -> None:
+    """A request body written inline under one of FastAPI's own names (``Body_<operation>``, as a
+    streamed upload route declares it) becomes that component, as FastAPI would have made it:
+    generated clients name their classes after components."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                title = media.get("schema", {}).get("title", "")
+                if title.startswith("Body_"):
+                    components[title] = media["schema"]
+                    media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+    schema["components"]["schemas"] = dict(sorted(components.items()))
+
+
 def customise(schema: dict[str, Any]) -> dict[str, Any]:
+    named_bodies(schema)
     binary_uploads(schema)
     response_headers(schema)
     return schema

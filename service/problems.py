@@ -25,6 +25,13 @@ KINDS: dict[str, tuple[int, str]] = {
     "validation-error": (422, "The request is not valid"),
     "idempotency-conflict": (422, "Idempotency-Key reused with a different request"),
     "payload-too-large": (413, "The upload is larger than allowed"),
+    "request-timeout": (408, "The request body arrived too slowly"),
+    "too-many-streams": (429, "Too many event streams open"),
+    "too-many-auth-failures": (429, "Too many failed authentications"),
+    "quota-exceeded": (429, "A job quota of your account is reached"),
+    "storage-quota-exceeded": (403, "Your account's storage quota is reached"),
+    "job-too-large": (422, "The job asks for more training than allowed"),
+    "in-use": (409, "Jobs still use this"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "conflict": (409, "The resource is not in a state that allows this"),
     "not-ready": (409, "The job has not produced this yet"),
@@ -84,6 +91,7 @@ _GENERIC = {
         (500, "internal-error"),
     ]
 }
+_GENERIC[429] = "Too many failed authentications, or a quota reached; wait for Retry-After"
 
 
 class Problem(Exception):
@@ -140,7 +148,7 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             statuses = {500}
             if operation.get("security"):
-                statuses.add(401)
+                statuses |= {401, 429}
             if "{" in path:
                 statuses.add(404)
             if operation.get("parameters") or "requestBody" in operation:

@@ -18,6 +18,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 GiB = 1 << 30
 
 
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def dataset_cap_for(memory: int) -> int:
+    """The largest dataset (arrays as declared) a job may use: training holds part of it in
+    memory besides the mapped file, so a quarter of the machine, and never over 4 GiB."""
+    return min(4 * GiB, memory // 4)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPRESS_", extra="ignore")
 
@@ -31,6 +41,34 @@ class Settings(BaseSettings):
     )
     max_model_bytes: int = Field(2 * GiB, ge=1)
     max_dataset_bytes: int = Field(1 * GiB, ge=1)
+    max_dataset_unpacked_bytes: int = Field(
+        default_factory=lambda: dataset_cap_for(_memory_bytes()),
+        ge=1,
+        description="what a dataset's arrays may declare in all; default: a quarter of memory, at most 4 GiB",
+    )
+    upload_idle_seconds: float = Field(
+        30.0, gt=0, description="a request body that sends nothing this long: 408"
+    )
+    upload_min_bytes_per_second: int = Field(
+        1024, ge=0, description="a slower request body (averaged after the grace period) gets 408"
+    )
+    max_concurrent_jobs_per_tenant: int = Field(200, ge=1, description="unfinished (queued or running) jobs")
+    max_queued_jobs_per_tenant: int = Field(100, ge=1, description="jobs waiting for a worker")
+    max_sweep_runs: int = Field(200, ge=1, description="compressions one sweep may ask for")
+    max_training_epochs_per_job: int = Field(
+        5000, ge=1, description="training epochs one job or sweep may ask for, over all its runs"
+    )
+    max_storage_bytes_per_tenant: int = Field(50 * GiB, ge=0, description="uploaded models and datasets")
+    retention_days: float | None = Field(
+        None, gt=0, description="finished jobs, then unused models and datasets, are deleted after this"
+    )
+    auth_failures_per_minute: int = Field(
+        20, ge=1, description="failed authentications per client address and per key prefix before 429"
+    )
+    event_streams_per_tenant: int = Field(20, ge=1, le=100_000, description="open /events streams per tenant")
+    event_heartbeat_seconds: float = Field(15.0, gt=0, description="a comment line on a quiet event stream")
+    event_poll_seconds: float = Field(0.5, gt=0, description="how often a job's one publisher reads it")
+    upload_grace_seconds: float = Field(10.0, ge=0, description="how long a body may start slowly")
     max_attempts: int = Field(3, ge=1, le=20, description="runs of a job before it is failed")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
     job_timeout_seconds: float = Field(
@@ -47,6 +85,9 @@ class Settings(BaseSettings):
     )
     session_max_age_seconds: int = Field(
         8 * 3600, ge=60, le=30 * 86400, description="a dashboard sign-in lasts this long"
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="when set, GET /metrics needs 'Authorization: Bearer <this>'"
     )
     crash_on_stage: str | None = Field(None, description="testing only: kill the worker at this stage")
 
@@ -78,6 +119,8 @@ class Settings(BaseSettings):
                 )
         if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
             raise ValueError("MODELPRESS_SESSION_SECRET must be at least 32 characters; or unset it")
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 16:
+            raise ValueError("MODELPRESS_METRICS_TOKEN must be at least 16 characters; or unset it")
         if self.lease_seconds * 2 > self.job_timeout_seconds:
             raise ValueError("MODELPRESS_JOB_TIMEOUT_SECONDS must exceed twice MODELPRESS_LEASE_SECONDS")
         return self

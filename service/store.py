@@ -1,4 +1,5 @@
-"""Artifacts on disk under a per-tenant prefix, written atomically (temp file, then rename).
+"""Artifacts on disk under a per-tenant prefix, written atomically (a staging folder
+under the root, then a rename).
 
 Layout: ``ROOT/TENANT/models/ID/…``, ``ROOT/TENANT/datasets/ID/…``, ``ROOT/TENANT/jobs/ID/…``.
 In the distributed mode ROOT is a shared mount (NFS, a volume) seen by API and workers.
@@ -6,6 +7,8 @@ In the distributed mode ROOT is a shared mount (NFS, a volume) seen by API and w
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import re
@@ -14,7 +17,8 @@ import socket
 import tempfile
 import time
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ARTIFACT_NAMES = ("model.onnx", "report.json", "curve.png", "curve.csv", "curve.json")
@@ -34,14 +38,27 @@ class ArtifactStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def staging(self) -> Path:
-        """A fresh folder under ``.tmp`` for one upload, named after this host and process
-        so that a restart can tell its dead predecessor's leftovers (``clean_staging``)."""
-        return Path(tempfile.mkdtemp(dir=self.tmp_dir(), prefix=f"{host_tag()}-{os.getpid()}-"))
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder under ``.tmp`` for one upload, removed afterwards; named after this
+        host and process so that a restart can tell its dead predecessor's leftovers
+        (``clean_staging``)."""
+        path = Path(tempfile.mkdtemp(dir=self.tmp_dir(), prefix=f"{host_tag()}-{os.getpid()}-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def publish(self, source: Path, target: Path) -> Path:
-        """Move ``source`` to ``target`` atomically (same filesystem: copy to a temp first)."""
+        """Move ``source`` to ``target`` atomically: a rename when both are on one filesystem
+        (staging lives under the root for that), a copy to a temp then a rename otherwise."""
         target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+            return target
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         os.close(fd)
         shutil.copyfile(source, tmp)
@@ -57,22 +74,25 @@ class ArtifactStore:
         return target
 
 
-async def stream_to_file(chunks: AsyncIterator[bytes], target: Path, limit: int) -> int:
-    """Write an upload to ``target`` chunk by chunk; stop and delete it past ``limit`` bytes."""
+async def stream_to_file(chunks: AsyncIterator[bytes], target: Path, limit: int) -> tuple[int, str]:
+    """Write an upload to ``target`` chunk by chunk, hashing it on the way; stop and delete it
+    past ``limit`` bytes. Returns the size and the SHA-256."""
     from service.problems import Problem
 
     written = 0
+    digest = hashlib.sha256()
     try:
         with target.open("wb") as out:
             async for chunk in chunks:
                 written += len(chunk)
                 if written > limit:
                     raise Problem("payload-too-large", f"the upload exceeds the {limit:,}-byte limit.")
+                digest.update(chunk)
                 out.write(chunk)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return written
+    return written, digest.hexdigest()
 
 
 def host_tag() -> str:

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressors.errors import ModelRejected, ModelTooLarge, UnsafeArchive, UnsafeExternalData
 from compressors.intake.loading import Limits, load_model
-from tests import builders
+from tests import bombs, builders
 from tests.conftest import run_cli
 
 
@@ -127,6 +127,32 @@ def test_zip_bomb_by_total_size_is_refused_before_extraction(tmp_path: Path) -> 
     with pytest.raises(UnsafeArchive):
         load_model(path, tmp_path / "work", Limits(max_unpacked_bytes=2 << 20))
     assert not (tmp_path / "work" / "bundle" / "a.bin").exists()
+
+
+def _written(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+
+def test_a_zip_whose_entries_overlap_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    # ~205 KB declaring 4.0 GB over 100 entries, each under the 200x ratio cap: the shared
+    # kernel was unpacked once per entry (3.9 GiB written) before the layout was checked
+    path = bombs.overlapping_zip(tmp_path / "overlap.zip", builders.gemm(8, 8).SerializeToString())
+    assert path.stat().st_size < 220_000
+    with pytest.raises(UnsafeArchive, match="overlaps"):
+        load_model(path, tmp_path / "work")
+    assert _written(tmp_path / "work") < 1 << 20
+    line = _refused(path, "unsafe-archive")
+    assert "overlap" in line
+
+
+def test_a_zip_listing_its_entries_out_of_order_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "shuffled.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.onnx", builders.gemm(8, 8).SerializeToString())
+        archive.writestr("notes.txt", b"x" * 100)
+        archive.filelist.reverse()  # the central directory is written from this list
+    with pytest.raises(UnsafeArchive, match="out of order"):
+        load_model(path, tmp_path / "work")
 
 
 def test_zip_with_two_models(tmp_path: Path) -> None:

@@ -51,7 +51,20 @@ UPLOADS = [
 ]
 
 _DATA = tempfile.TemporaryDirectory(prefix="modelpress-fuzz-")  # removed when pytest exits
-SETTINGS = Settings(data_dir=Path(_DATA.name), max_model_bytes=1 << 20, max_dataset_bytes=1 << 20)
+# The fuzzer sends thousands of requests with a missing or wrong key from one address, and
+# queues hundreds of jobs that no worker runs; the failed-authentication limit and the quotas
+# (tests/test_service_limits.py, tests/test_quotas.py) would hold back its valid requests. A
+# schema cannot state a quota (a sweep's size is a product of its lists' lengths).
+SETTINGS = Settings(
+    data_dir=Path(_DATA.name),
+    max_model_bytes=1 << 20,
+    max_dataset_bytes=1 << 20,
+    auth_failures_per_minute=1_000_000,
+    max_concurrent_jobs_per_tenant=1_000_000,
+    max_queued_jobs_per_tenant=1_000_000,
+    max_sweep_runs=1_000_000,
+    max_training_epochs_per_job=1_000_000_000,
+)
 
 
 def _seed(settings: Settings) -> str:

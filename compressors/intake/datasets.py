@@ -1,9 +1,11 @@
 """Datasets: a plain ``.npz`` (never unpickled) or the built-in ``digits``, checked against
 the model's input before any work starts.
 
-``.npz`` keys: each model input under its own graph input name (for a model with a single
-input, ``x`` may stand in for that name), shaped like the input without the batch dimension:
-floating point for float inputs, integers for integer inputs (token ids, attention masks),
+An ``.npz`` is checked from its array headers and opened memory-mapped
+(``compressors.intake.npz``); it is never loaded whole. Keys: each model input under its own
+graph input name (for a model with a single input, ``x`` may stand in for that name), shaped
+like the input without the batch dimension: floating point for float inputs,
+integers for integer inputs (token ids, attention masks),
 cast to the input's own dtype. Optional ``y``: integer class labels, one per sample
 (``(N,)``) or one per position (``(N, seq)``, for a language model's ``(N, seq, vocab)``
 logits). Optional validation split: the same keys with ``_val`` (``x_val``, ``input_ids_val``,
@@ -14,7 +16,6 @@ and every sample is used when nothing is trained.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from compressors.errors import DatasetRejected
+from compressors.intake.npz import open_array, read_headers
 from compressors.onnx.inspection import TensorSpec
 
 MAX_DATASET_BYTES = 4 << 30  # unpacked, over all arrays
@@ -122,30 +124,23 @@ def _npz(path: Path, specs: list[TensorSpec], seed: int) -> Dataset:
     y_val = _labels("y_val", arrays.get("y_val"), len(val[specs[0].name])) if val is not None else None
     if (y is None) != (y_val is None) and val is not None:
         raise DatasetRejected("give labels for both 'x' and 'x_val', or for neither.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = _sha256(path)
     names = tuple(s.name for s in specs)
     return _split(path.name, digest, train, y, val, y_val, seed, names)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
-    if declared > MAX_DATASET_BYTES:
-        raise DatasetRejected(
-            f"the dataset unpacks to {declared:,} bytes, over the {MAX_DATASET_BYTES:,}-byte limit."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except ValueError as exc:  # object arrays need pickle, which we never allow
-        raise DatasetRejected(
-            "the dataset holds object arrays, which would need unpickling; store plain numeric arrays."
-        ) from exc
-    except Exception as exc:
-        raise DatasetRejected(f"the dataset cannot be read ({exc}); save it with numpy.savez.") from exc
+    """Every array, its header checked against the cap first, opened memory-mapped."""
+    headers = read_headers(path, MAX_DATASET_BYTES)
+    return {key: open_array(path, header) for key, header in headers.items()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _key(arrays: dict[str, np.ndarray], specs: list[TensorSpec], spec: TensorSpec, suffix: str) -> str | None:
@@ -204,7 +199,9 @@ def _inputs(key: str, array: np.ndarray, model_input: TensorSpec) -> np.ndarray:
                 f"{model_input.dtype}: inputs must be float32."
             )
         array = array.astype(np.float32, copy=False)
-        if not np.isfinite(array).all():
+        # in slices: a memory-mapped array is checked without a full-size boolean copy
+        step = max(1, (64 << 20) // max(array[:1].nbytes, 1))
+        if not all(np.isfinite(array[i : i + step]).all() for i in range(0, len(array), step)):
             raise DatasetRejected(f"'{key}' contains NaN or infinite values; clean the data first.")
     _check_shape(key, array, model_input)
     return array

@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
@@ -30,6 +31,8 @@ from compressors.onnx.inspection import ModelInfo
 
 GiB = 1 << 30
 MiB = 1 << 20
+# signature, versions, flags, method, time, date, crc, sizes, name length, extra length
+_LOCAL_HEADER = struct.Struct("<4s5HLLLHH")
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ def unpack_bundle(path: Path, dest: Path, limits: Limits = Limits()) -> Path:
                 "plus its external-data files."
             )
         dest.mkdir(parents=True, exist_ok=True)
+        budget = limits.max_unpacked_bytes
         for member in members:
-            _extract(archive, member, dest)
+            budget -= _extract(archive, member, dest, budget)
     return dest / models[0].filename
 
 
@@ -108,6 +112,7 @@ def _checked_members(archive: zipfile.ZipFile, limits: Limits) -> list[zipfile.Z
             f"the .zip bundle has {len(infos)} entries, over the limit of "
             f"{limits.max_archive_members}; bundle only the model and its data files."
         )
+    check_zip_layout(archive, infos)
     total = 0
     members = []
     for info in infos:
@@ -138,18 +143,48 @@ def _checked_members(archive: zipfile.ZipFile, limits: Limits) -> list[zipfile.Z
     return members
 
 
-def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
+def check_zip_layout(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries that share or overlap their bytes, or that the central directory lists
+    out of file order: one compressed kernel referenced by many entries is how a small
+    archive declares gigabytes while every entry stays under the per-member ratio cap."""
+    fp = archive.fp
+    assert fp is not None
+    end = 0
+    for info in infos:
+        if info.header_offset < end:
+            raise UnsafeArchive(
+                f"the .zip entry {info.filename!r} overlaps the entry before it or is out of order; "
+                "overlapping entries are how zip bombs are built, so the bundle is refused. "
+                "Re-create it with an ordinary zip tool."
+            )
+        fp.seek(info.header_offset)
+        header = fp.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise UnsafeArchive(
+                f"the .zip entry {info.filename!r} has no local header; re-create the bundle."
+            )
+        name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
+        end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+    if end > archive.start_dir:
+        raise UnsafeArchive("the .zip entries run into the central directory; the bundle is refused.")
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: int) -> int:
+    """Write one member; return the bytes written. Stops at the member's declared size and at
+    what is left of the bundle's cap, whatever the headers claim."""
     target = dest.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
     target.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     written = 0
     with archive.open(info) as src, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
-        # The declared size can lie; count what actually comes out.
         for block in iter(lambda: src.read(MiB), b""):
             written += len(block)
             if written > info.file_size:
                 raise UnsafeArchive(f"the .zip entry {info.filename!r} is larger than it declares.")
+            if written > budget:
+                raise UnsafeArchive("the .zip bundle unpacks to more than its cap; it is refused.")
             out.write(block)
+    return written
 
 
 def validate_in_sandbox(onnx_path: Path, limits: Limits = Limits()) -> ModelInfo:

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
-from compressors import HOLDOUT, MAX_DATASET_BYTES, DatasetRejected
+from compressors import HOLDOUT, MAX_DATASET_BYTES, describe_dataset
+from service import quotas
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import StoredDataset, Tenant
 from service.problems import Problem
+from service.retention import delete_upload
 from service.routes import paginate
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
 from service.store import ArtifactStore, clean_name, stream_to_file
+from service.uploads import Upload, receive_multipart
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-MAX_FORM_FIELDS = 16  # extra form fields are ignored, as /v1/models ignores them
 _BUILTIN = {"type": "string", "enum": ["digits"], "description": "a dataset the server ships with"}
 _NPZ = {
     "type": "string",
@@ -80,54 +80,10 @@ def record(dataset: StoredDataset) -> DatasetRecord:
     )
 
 
-def describe_npz(path: Path) -> dict[str, Any]:
-    """Check a .npz without unpickling and say what it holds; shape fit is checked per job."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if sum(i.file_size for i in archive.infolist()) > MAX_DATASET_BYTES:
-                raise DatasetRejected(f"the dataset unpacks to more than {MAX_DATASET_BYTES:,} bytes.")
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except DatasetRejected:
-        raise
-    except ValueError as exc:
-        raise DatasetRejected(
-            "the dataset holds object arrays, which would need unpickling; store plain numeric arrays."
-        ) from exc
-    except Exception as exc:
-        raise DatasetRejected("the dataset is not a readable .npz file; save it with numpy.savez.") from exc
-    inputs = {k: a for k, a in arrays.items() if k not in ("y", "y_val") and not k.endswith("_val")}
-    for key, array in inputs.items():
-        numeric = np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-        if array.ndim < 2 or not numeric or len(array) == 0:
-            raise DatasetRejected(
-                f"'{key}' must be a numeric array shaped (N, ...) with N >= 1: one array per model "
-                "input, named after it (x for a single input)."
-            )
-    if not inputs:
-        raise DatasetRejected(
-            "the .npz needs one array per model input, named after it (x for a single input)."
-        )
-    counts = {len(a) for a in inputs.values()}
-    if len(counts) > 1:
-        raise DatasetRejected(f"the input arrays hold different numbers of samples: {sorted(counts)}.")
-    x = inputs.get("x", next(iter(inputs.values())))
-    for key in ("y", "y_val"):
-        if key in arrays and (
-            arrays[key].ndim not in (1, 2) or not np.issubdtype(arrays[key].dtype, np.integer)
-        ):
-            raise DatasetRejected(
-                f"'{key}' must hold integer class labels: one per sample, or one per position (N, seq)."
-            )
-    if "y" in arrays and len(arrays["y"]) != len(x):
-        raise DatasetRejected(f"'y' has {len(arrays['y'])} labels for {len(x)} inputs; they must match.")
-    val = next((a for k, a in arrays.items() if k.endswith("_val") and k != "y_val"), None)
-    return {
-        "samples": len(x),
-        "sample_shape": [int(d) for d in x.shape[1:]],
-        "labelled": "y" in arrays,
-        "validation_samples": len(val) if val is not None else round(len(x) * HOLDOUT),
-    }
+def describe_npz(path: Path, max_unpacked_bytes: int = MAX_DATASET_BYTES) -> dict[str, Any]:
+    """Check a .npz from its array headers (never unpickled, never loaded) and say what it holds;
+    shape fit is checked per job."""
+    return describe_dataset(path, max_unpacked_bytes, HOLDOUT)
 
 
 def _builtin(session: Session, tenant: Tenant, name: object) -> StoredDataset:
@@ -159,34 +115,29 @@ def _builtin_from_json(body: bytes) -> str:
 
 
 async def _store_npz(
-    upload: UploadFile, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
+    path: Path, upload: Upload, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
 ) -> StoredDataset:
-    staging = store.staging()
-    try:
-        target = staging / "data.npz"
+    info = await run_in_threadpool(describe_npz, path, settings.max_dataset_unpacked_bytes)
+    # in the transaction that inserts (a SQLite write lock): never held across an await
+    quotas.check_storage(session, tenant, settings, upload.size)
+    dataset = StoredDataset(
+        tenant_id=tenant.id,
+        name=clean_name(upload.filename, "data.npz", limit=300),
+        builtin=None,
+        sha256=upload.sha256,  # hashed while the body arrived
+        size_bytes=upload.size,
+        info=info,
+    )
+    session.add(dataset)
+    session.flush()
+    store.publish(path, store.folder(tenant.id, "datasets", dataset.id) / "data.npz")
+    session.commit()
+    return dataset
 
-        async def chunks():  # type: ignore[no-untyped-def]
-            while chunk := await upload.read(1 << 20):
-                yield chunk
 
-        size = await stream_to_file(chunks(), target, settings.max_dataset_bytes)
-        info = await run_in_threadpool(describe_npz, target)
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
-        dataset = StoredDataset(
-            tenant_id=tenant.id,
-            name=clean_name(upload.filename, "data.npz", limit=300),
-            builtin=None,
-            sha256=digest,
-            size_bytes=size,
-            info=info,
-        )
-        session.add(dataset)
-        session.flush()
-        store.publish(target, store.folder(tenant.id, "datasets", dataset.id) / "data.npz")
-        session.commit()
-        return dataset
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _one_of(upload: Upload, builtin: str | None) -> None:
+    if (upload.filename is None) == (builtin is None):
+        raise Problem("validation-error", "send exactly one of 'file' (an .npz) or 'builtin' (digits).")
 
 
 @router.post(
@@ -200,25 +151,44 @@ async def _store_npz(
 async def create_dataset(
     request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, store: StoreDep
 ) -> DatasetRecord:
+    # a multipart body is streamed into the staging folder as it arrives (service.uploads); a
+    # JSON body is held to the small JSON limit before it is read (service.bodies)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         return record(_builtin(session, tenant, _builtin_from_json(await request.body())))
     if not content_type.startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "upload an .npz as multipart field 'file', or send JSON.")
-    form = await request.form(
-        max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=settings.max_dataset_bytes
-    )
-    try:
-        upload, builtin = form.get("file"), form.get("builtin")
-        if (upload is None) == (builtin is None):
-            raise Problem("validation-error", "send exactly one of 'file' (an .npz) or 'builtin' (digits).")
+    with store.staging() as staging:
+        upload = await receive_multipart(request, "file", staging / "data.npz", settings.max_dataset_bytes)
+        builtin = upload.fields.get("builtin")
+        _one_of(upload, builtin)
         if builtin is not None:
             return record(_builtin(session, tenant, builtin))
-        if not isinstance(upload, UploadFile):
-            raise Problem("validation-error", "field 'file' must be a file part holding an .npz.")
-        return record(await _store_npz(upload, tenant, session, settings, store))
-    finally:
-        await form.close()
+        return record(await _store_npz(upload.path, upload, tenant, session, settings, store))
+
+
+async def create_dataset_from_form(
+    form: FormData, tenant: Tenant, session: Session, settings: Settings, store: ArtifactStore
+) -> DatasetRecord:
+    """The same as ``create_dataset`` for a form a parser has already read (the dashboard)."""
+    file, builtin = form.get("file"), form.get("builtin")
+    if file is not None and not isinstance(file, UploadFile):
+        raise Problem("validation-error", "field 'file' must be a file part holding an .npz.")
+    with store.staging() as staging:
+        upload = Upload(staging / "data.npz", file.filename or "data.npz" if file else None)
+        if file is not None:
+            upload.size, upload.sha256 = await stream_to_file(
+                _chunks(file), upload.path, settings.max_dataset_bytes
+            )
+        _one_of(upload, builtin if isinstance(builtin, str) or builtin is None else "")
+        if isinstance(builtin, str):
+            return record(_builtin(session, tenant, builtin))
+        return record(await _store_npz(upload.path, upload, tenant, session, settings, store))
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(1 << 20):
+        yield chunk
 
 
 @router.get("", response_model=Page[DatasetRecord], operation_id="datasets-list")
@@ -240,3 +210,18 @@ def get_dataset(dataset_id: str, tenant: CurrentTenant, session: ReadSessionDep)
     if dataset is None or dataset.tenant_id != tenant.id:
         raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
     return record(dataset)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    operation_id="datasets-delete",
+    responses={409: {"description": "jobs still use the dataset (problem type in-use)"}},
+)
+def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
+    dataset = session.get(StoredDataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant.id:
+        raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
+    delete_upload(session, store, dataset)
+    return Response(status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,16 +12,20 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from sqlalchemy import case, func, select, text
 
 from service.db import session_scope
 from service.models import Job
+from service.problems import Problem
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", operation_id="health-live")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # answered on the event loop itself: never queued behind the thread pool that database
+    # reads, uploads' checks and event publishers share
     return {"status": "ok"}
 
 
@@ -56,13 +61,30 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, media_type="application/problem+json")
 
 
+def _check_metrics_token(request: Request, token: SecretStr | None) -> None:
+    """With ``metrics_token`` set, /metrics answers only a scraper that sends it (the figures say
+    how busy the service is; an operator may not want that public). No figure is per tenant."""
+    if token is None:
+        return
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+        raise Problem(
+            "unauthorized",
+            "send the metrics token as 'Authorization: Bearer <token>' (MODELPRESS_METRICS_TOKEN).",
+        )
+
+
 @router.get(
     "/metrics",
     operation_id="metrics-get",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        401: {"description": "MODELPRESS_METRICS_TOKEN is set and the request does not carry it"},
+    },
 )
 def metrics(request: Request) -> Response:
+    _check_metrics_token(request, request.app.state.settings.metrics_token)
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import quotas, retention
 from service.db import session_scope
 from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant, utcnow
@@ -22,6 +22,7 @@ from service.problems import Problem
 from service.report_schema import JobReport
 from service.routes import paginate
 from service.schemas import ArtifactName, JobCreate, JobRecord, Page, Progress, SweepCreate
+from service.settings import Settings
 from service.spec import CompressionSpec
 from service.store import ARTIFACT_NAMES, ArtifactStore
 
@@ -71,6 +72,9 @@ def _create(
         existing = _existing(session, tenant, kind, key, digest)
         if existing is not None:
             return existing, False
+        settings: Settings = request.app.state.settings
+        quotas.check_size(kind, body, settings)
+        quotas.check_jobs(session, tenant, settings)
         job = _new_job(session, tenant, kind, body, key, digest)
         session.add(job)
         try:
@@ -223,6 +227,19 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
     return record(job, store)
 
 
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    operation_id="jobs-delete",
+    responses={409: {"description": "the job has not finished; cancel it first (problem type conflict)"}},
+)
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
+    """A finished job (or sweep) and its artifacts."""
+    retention.delete_job(session, store, _owned(session, tenant, job_id))
+    return Response(status_code=204)
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
     operation_id="jobs-events",
@@ -254,30 +271,29 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
 async def job_events(
     job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> StreamingResponse:
+    # streams share one publisher per job (service.events); the first event is the job's state
+    # now, then each change, with comment heartbeats while nothing changes
     with session_scope(settings.db_url, readonly=True) as session:
         _owned(session, tenant, job_id)
-
-    async def stream() -> AsyncIterator[str]:
-        last = None
-        while not await request.is_disconnected():
-            with session_scope(settings.db_url, readonly=True) as session:
-                job = session.get(Job, job_id)
-                assert job is not None
-                data = record(job, store).model_dump_json()
-                status = job.status
-            if data != last:
-                last = data
-                yield f"event: progress\ndata: {data}\n\n"
-            if status in TERMINAL:
-                yield f"event: end\ndata: {data}\n\n"
-                return
-            await asyncio.sleep(0.25)
-
+    subscription = request.app.state.events.subscribe(tenant.id, job_id)  # 429 past the cap
     return StreamingResponse(
-        stream(),
+        subscription.sse(settings.event_heartbeat_seconds),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def read_job_event(settings: Settings, store: ArtifactStore) -> Callable[[str], tuple[str, bool]]:
+    """What the event publisher reads for a job: its record as JSON, and whether it finished."""
+
+    def read(job_id: str) -> tuple[str, bool]:
+        with session_scope(settings.db_url, readonly=True) as session:
+            job = session.get(Job, job_id)
+            if job is None:  # deleted while followed
+                raise LookupError(job_id)
+            return record(job, store).model_dump_json(), job.status in TERMINAL
+
+    return read
 
 
 def _artifact(job: Job, store: ArtifactStore, name: str) -> FileResponse:

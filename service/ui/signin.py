@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from service.auth import active_key
+from service.auth import FailedAuth, active_key
 from service.deps import ReadSessionDep, SettingsDep
 from service.problems import Problem
 from service.ui import session as cookie
@@ -56,8 +56,15 @@ def login(
         verify_post(request, cookie.read(request), csrf_token)
     except Problem as exc:
         return _form(request, next, exc.status, problem_of(exc))
+    failures: FailedAuth = request.app.state.auth_failures
+    address = request.client.host if request.client else ""
+    try:
+        failures.check(address, token.strip())
+    except Problem as exc:
+        return _form(request, next, exc.status, problem_of(exc))
     key = active_key(db, token.strip()) if token.strip() else None
     if key is None:
+        failures.failed(address, token.strip())
         refused = Problem(
             "unauthorized", "the API key is not valid; create one with `modelpress create-key`."
         )

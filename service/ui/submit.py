@@ -57,7 +57,7 @@ async def upload_model(
     file: Annotated[UploadFile, File()],
 ) -> Response:
     try:
-        model = await models.create_model(file, viewer.tenant, session, settings, store)
+        model = await models.create_model_from_file(file, viewer.tenant, session, settings, store)
     except PROBLEMS as exc:
         session.rollback()
         return new_page(request, viewer, session, {"form": "model"}, problem_of(exc))
@@ -68,9 +68,10 @@ async def upload_model(
 async def upload_dataset(
     request: Request, viewer: PostingViewer, session: SessionDep, settings: SettingsDep, store: StoreDep
 ) -> Response:
-    chosen = {k: v for k, v in (await request.form()).items() if k == "model_id" and isinstance(v, str)}
+    form = await request.form()
+    chosen = {k: v for k, v in form.items() if k == "model_id" and isinstance(v, str)}
     try:
-        dataset = await datasets.create_dataset(request, viewer.tenant, session, settings, store)
+        dataset = await datasets.create_dataset_from_form(form, viewer.tenant, session, settings, store)
     except PROBLEMS as exc:
         session.rollback()
         return new_page(request, viewer, session, {**chosen, "form": "dataset"}, problem_of(exc))

@@ -12,6 +12,7 @@ from modelpress_client import (
     AuthenticationError,
     Client,
     ConfigurationError,
+    InUse,
     InvalidRequest,
     Job,
     ModelRejected,
@@ -66,6 +67,16 @@ def test_upload_submit_wait_report_download(
         assert model.id in {m.id for m in client.models.iter()}
         assert dataset.id in {d.id for d in client.datasets.iter()}
         assert client.jobs.get(job.id) == done
+
+        # the model and dataset are in use until the job goes; then all three go, files and all
+        with pytest.raises(InUse):
+            client.models.delete(model.id)
+        client.jobs.delete(job.id)
+        client.models.delete(model.id)
+        client.datasets.delete(dataset.id)
+        for gone in (lambda: client.jobs.get(job.id), lambda: client.models.get(model.id)):
+            with pytest.raises(NotFoundError):
+                gone()
     assert "succeeded" in capsys.readouterr().err  # the progress bar went to stderr
 
 

@@ -78,6 +78,9 @@ class AsyncModels:
     def iter(self) -> AsyncIterator[Model]:
         return _iterate(lambda offset: self.list(limit=200, offset=offset))
 
+    async def delete(self, model_id: str) -> None:
+        await self._t.request("DELETE", f"/v1/models/{model_id}")
+
 
 class AsyncDatasets:
     def __init__(self, transport: AsyncTransport) -> None:
@@ -98,6 +101,9 @@ class AsyncDatasets:
 
     async def list(self, *, limit: int = 50, offset: int = 0) -> Page[Dataset]:
         return await _page(self._t, "/v1/datasets", Dataset, {"limit": limit, "offset": offset})
+
+    async def delete(self, dataset_id: str) -> None:
+        await self._t.request("DELETE", f"/v1/datasets/{dataset_id}")
 
     def iter(self) -> AsyncIterator[Dataset]:
         return _iterate(lambda offset: self.list(limit=200, offset=offset))
@@ -151,6 +157,9 @@ class AsyncJobs:
 
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate((await self._t.request("POST", f"/v1/jobs/{job_id}/cancel")).json())
+
+    async def delete(self, job_id: str) -> None:
+        await self._t.request("DELETE", f"/v1/jobs/{job_id}")
 
     async def report(self, job_id: str) -> dict[str, Any]:
         report: dict[str, Any] = (await self._t.request("GET", f"/v1/jobs/{job_id}/report")).json()

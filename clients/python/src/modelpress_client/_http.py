@@ -28,7 +28,7 @@ log = logging.getLogger("modelpress_client")
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 # 409s that describe a state, not a race: the same request gets the same answer until the job moves
-STATE_CONFLICTS = frozenset({"not-ready", "job-finished", "conflict"})
+STATE_CONFLICTS = frozenset({"not-ready", "job-finished", "conflict", "in-use"})
 INITIAL_DELAY = 0.5  # seconds before the first retry; doubles each time
 MAX_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0  # a longer server hint is ignored in favour of our own backoff

@@ -106,6 +106,14 @@ class JobFinished(ConflictError):
     """409: the job has already finished (e.g. cancelling it changes nothing)."""
 
 
+class InUse(ConflictError):
+    """409: jobs still use this model or dataset; delete those jobs first."""
+
+
+class StorageQuotaExceeded(PermissionDeniedError):
+    """403: the account's stored models and datasets reached their quota; delete some."""
+
+
 class PayloadTooLarge(APIStatusError):
     status = 413
 
@@ -164,6 +172,14 @@ class RateLimited(APIStatusError):
     status = 429
 
 
+class QuotaExceeded(RateLimited):
+    """429: the account has as many unfinished or queued jobs as it may; retried, then raised."""
+
+
+class JobTooLarge(UnprocessableError):
+    """422: the job or sweep asks for more compressions or training epochs than allowed."""
+
+
 class ServerError(APIStatusError):
     """5xx: the server failed; retried before it reaches you."""
 
@@ -195,6 +211,10 @@ _BY_KIND: dict[str, type[APIStatusError]] = {
     "conflict": ConflictError,
     "not-ready": NotReady,
     "job-finished": JobFinished,
+    "in-use": InUse,
+    "storage-quota-exceeded": StorageQuotaExceeded,
+    "quota-exceeded": QuotaExceeded,
+    "job-too-large": JobTooLarge,
     "payload-too-large": PayloadTooLarge,
     "unsupported-media-type": UnsupportedMediaType,
     "validation-error": InvalidRequest,

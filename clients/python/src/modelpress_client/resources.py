@@ -68,6 +68,10 @@ class Models:
         """Every model in the account, page by page."""
         return _iterate(lambda offset: self.list(limit=200, offset=offset))
 
+    def delete(self, model_id: str) -> None:
+        """Delete the model and its files; ``InUse`` while jobs name it (delete those first)."""
+        self._t.request("DELETE", f"/v1/models/{model_id}")
+
 
 class Datasets:
     def __init__(self, transport: Transport) -> None:
@@ -93,6 +97,10 @@ class Datasets:
 
     def iter(self) -> Iterator[Dataset]:
         return _iterate(lambda offset: self.list(limit=200, offset=offset))
+
+    def delete(self, dataset_id: str) -> None:
+        """Delete the dataset and its file; ``InUse`` while jobs name it (delete those first)."""
+        self._t.request("DELETE", f"/v1/datasets/{dataset_id}")
 
 
 def external_data_of(path: str | os.PathLike[str]) -> list[str]:
@@ -242,6 +250,11 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         """Ask the job to stop: a queued one is cancelled at once, a running one before its next step."""
         return Job.model_validate(self._t.request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job (or sweep) and its artifacts; ``ConflictError`` while it is
+        queued or running (cancel it first)."""
+        self._t.request("DELETE", f"/v1/jobs/{job_id}")
 
     def report(self, job_id: str) -> dict[str, Any]:
         """The report of a succeeded job (``before``, ``after``, ``ratios``, ``layers``, ...)."""
