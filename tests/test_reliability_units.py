@@ -256,12 +256,12 @@ def test_an_unexpected_job_error_reaches_the_tenant_as_a_reference_only(
 def test_a_full_disk_answers_507_and_the_upload_leaves_no_staging(
     settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from service.routes import models
+    from service import uploads
 
-    async def full(*_: Any, **__: Any) -> int:
+    def full(*_: Any, **__: Any) -> None:  # the disk fills while the upload is written
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(models, "stream_to_file", full)
+    monkeypatch.setattr(uploads._Reader, "on_part_data", full)
     path = builders.save(builders.gemm(64, 10), tmp_path / "gemm.onnx")
     response = client.post("/v1/models", files={"file": ("gemm.onnx", path.read_bytes())})
     problem = _problem(response, 507, "insufficient-storage")
