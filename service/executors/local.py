@@ -90,13 +90,15 @@ class WorkerPool:
         return process
 
     def _supervise(self) -> None:
+        """Restart a worker that died. One that exited 0 was drained by a signal (serve's
+        SIGTERM reaches its whole process group before the pool is stopped): a replacement
+        would claim the job just handed back and be killed with the server, costing an attempt."""
         while not self._stop.wait(1.0):
             for i, process in enumerate(self.processes):
-                if not process.is_alive():
-                    log.warning(
-                        "worker pid %s exited with %s; starting another", process.pid, process.exitcode
-                    )
-                    self.processes[i] = self._spawn()
+                if process.is_alive() or process.exitcode == 0:
+                    continue
+                log.warning("worker pid %s exited with %s; starting another", process.pid, process.exitcode)
+                self.processes[i] = self._spawn()
 
     def stop(self) -> None:
         """SIGTERM each worker (it hands its job back), then SIGKILL what outlives the grace."""
