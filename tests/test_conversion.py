@@ -331,3 +331,14 @@ def test_fixed_and_dynamic_batch_exports_retrain_to_the_same_accuracy(
     assert fixed["before"]["accuracy"]["top1"] == dynamic["before"]["accuracy"]["top1"] > 0.8
     difference = abs(fixed["after"]["accuracy"]["top1"] - dynamic["after"]["accuracy"]["top1"]) * images
     assert difference <= 1 + 1e-9
+
+
+def test_a_fixed_batch_export_takes_weighted_svd_and_static_int8(fixed_cnn: Path, tmp_path: Path) -> None:
+    """Calibration (activation weighting, INT8 ranges) feeds a fixed-batch graph its own batch."""
+    out = tmp_path / "small.onnx"
+    done = run_cli(
+        "compress", str(fixed_cnn), "--method", "svd", "--target-macs", "0.5", "--data", "digits",
+        "--quantize", "static", "-o", str(out), "--no-latency",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _input_shape(onnx.load(str(out))) == [1, 1, 8, 8]

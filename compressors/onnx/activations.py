@@ -74,11 +74,13 @@ def output_grams(
     sums: list[np.ndarray | None] = [None] * len(layers)
     firsts: list[np.ndarray] = [np.zeros(0)] * len(layers)
     counts = [0] * len(layers)
-    chunk = _chunk_size(sess, name, x, outputs)
+    fixed = _fixed_batch(sess)
+    chunk = fixed or _chunk_size(sess, name, x, outputs)
     for start in range(0, len(x), chunk):
-        values = sess.run(outputs, {name: x[start : start + chunk]})
+        values = sess.run(outputs, {name: _padded(x[start : start + chunk], fixed)})
+        real = len(x[start : start + chunk])
         for i, (layer, value) in enumerate(zip(layers, values, strict=True)):
-            rows = _output_rows(layer, np.asarray(value, dtype=np.float64), biases[i])
+            rows = _output_rows(layer, np.asarray(value, dtype=np.float64)[:real], biases[i])
             gram, first = rows.T @ rows, rows.sum(axis=0)
             if sums[i] is None:
                 sums[i], firsts[i] = gram, first
@@ -110,6 +112,19 @@ def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelP
             probe.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
             listed.add(out)
     return probe
+
+
+def _fixed_batch(sess: object) -> int | None:
+    """The batch a fixed-batch graph was exported with (None for a symbolic batch)."""
+    declared = sess.get_inputs()[0].shape  # type: ignore[attr-defined]
+    return declared[0] if declared and isinstance(declared[0], int) else None
+
+
+def _padded(x: np.ndarray, batch: int | None) -> np.ndarray:
+    """``x`` padded with copies of its last row to a fixed-batch graph's batch."""
+    if batch is None or len(x) >= batch:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
 
 
 def _chunk_size(sess: object, name: str, x: np.ndarray, outputs: list[str]) -> int:

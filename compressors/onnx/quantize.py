@@ -23,7 +23,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compressors.onnx.graph import attribute, constant_array, graph_inputs, initializers, producers
+from compressors.onnx.graph import (
+    attribute,
+    constant_array,
+    fixed_batch,
+    graph_inputs,
+    initializers,
+    producers,
+)
 from compressors.onnx.layers import remove_unused
 
 Quantize = Literal["none", "dynamic", "static"]
@@ -50,7 +57,7 @@ def quantize_model(
             quantize_static(
                 source,
                 target,
-                _Reader(graph_inputs(model)[0].name, samples),
+                _Reader(graph_inputs(model)[0].name, samples, fixed_batch(model)),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QInt8,
@@ -129,11 +136,17 @@ def _spread(x: np.ndarray, count: int) -> np.ndarray:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an array, in batches."""
+    """onnxruntime's CalibrationDataReader protocol over an array, in batches (a fixed-batch
+    graph's own batch, the last one padded with copies of its last row)."""
 
-    def __init__(self, name: str, x: np.ndarray) -> None:
+    def __init__(self, name: str, x: np.ndarray, fixed: int | None = None) -> None:
         self.name = name
-        self.batches = iter([x[i : i + CALIBRATION_BATCH] for i in range(0, len(x), CALIBRATION_BATCH)])
+        size = fixed or CALIBRATION_BATCH
+        batches = [x[i : i + size] for i in range(0, len(x), size)]
+        if fixed and batches and len(batches[-1]) < fixed:
+            last = batches[-1]
+            batches[-1] = np.concatenate([last, np.repeat(last[-1:], fixed - len(last), axis=0)])
+        self.batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)
