@@ -168,7 +168,7 @@ def test_status_wait_report_download_list(
 
 def test_cancel_then_wait_exits_2(server: Service, token: str, digits_cnn_zip: Path) -> None:
     submitted = client_cli(
-        "submit", str(digits_cnn_zip), "--data", "digits", "--method", "nuclear", "--epochs", "200",
+        "submit", str(digits_cnn_zip), "--data", "digits", "--method", "nuclear", "--epochs", "1000",
         url=server.url, token=token,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
@@ -292,7 +292,7 @@ def test_ctrl_c_prints_the_job_id_and_how_to_resume(
     with Client(server.url, token) as client:
         before = {j.id for j in client.jobs.iter()}
         process = client_process(
-            "submit", str(digits_cnn_zip), "--data", "digits", "--method", "nuclear", "--epochs", "200",
+            "submit", str(digits_cnn_zip), "--data", "digits", "--method", "nuclear", "--epochs", "1000",
             "--wait", "--min-macs-reduction", "2", "--junit", str(junit), "--json",
             url=server.url, token=token,
         )  # fmt: skip
