@@ -208,8 +208,13 @@ def spec_class(method: Method, base: type[BaseModel] = SpecBase, suffix: str = "
     """The job spec of one method: ``method`` fixed to its name, ``rank`` defaulted to its rule."""
     rank: Any
     others = [key for key in RANK_KEYS if key not in method.rules]
-    # the rules this method refuses, stated in the schema with `not` (generators ignore it)
-    refused: dict[str, Any] = {"json_schema_extra": {"not": _given(*others)}} if others else {}
+    # the rules (and the weighting) this method refuses, stated with `not` (generators ignore it)
+    branches = [_given(*others)] if others else []
+    if not method.weighs:
+        activations = {"weighting": {"const": "activations"}}
+        branches.append({"type": "object", "required": ["weighting"], "properties": activations})
+    not_ = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    refused: dict[str, Any] = {"json_schema_extra": {"not": not_}} if branches else {}
     if method.default_rule is None:
         rank = (
             RankSpec | None,

@@ -36,7 +36,7 @@ from service.settings import Settings
 from tests import builders
 
 MAX_EXAMPLES = 40  # per operation and phase
-STATEFUL_EXAMPLES = 80
+STATEFUL_EXAMPLES = 60
 
 # Every built-in check. A schema cannot say what a valid ONNX model or .npz file is, so an upload
 # that is schema-valid may still be refused for its content (422 model-rejected / dataset-rejected);
@@ -52,9 +52,10 @@ UPLOADS = [
 
 _DATA = tempfile.TemporaryDirectory(prefix="modelpress-fuzz-")  # removed when pytest exits
 # The fuzzer sends thousands of requests with a missing or wrong key from one address, and
-# queues hundreds of jobs that no worker runs; the failed-authentication limit and the quotas
-# (tests/test_service_limits.py, tests/test_quotas.py) would hold back its valid requests. A
-# schema cannot state a quota (a sweep's size is a product of its lists' lengths).
+# queues hundreds of jobs that no worker runs and opens many event streams; the failed-auth
+# limit, the stream cap and the quotas (tests/test_service_limits.py, tests/test_quotas.py)
+# would hold back its valid requests. A schema cannot state a quota (a sweep's size is a
+# product of its lists' lengths).
 SETTINGS = Settings(
     data_dir=Path(_DATA.name),
     max_model_bytes=1 << 20,
@@ -64,6 +65,7 @@ SETTINGS = Settings(
     max_queued_jobs_per_tenant=1_000_000,
     max_sweep_runs=1_000_000,
     max_training_epochs_per_job=1_000_000_000,
+    event_streams_per_tenant=100_000,
 )
 
 

@@ -227,6 +227,8 @@ def test_a_form_submits_the_job_the_api_would_make(settings: Settings, tmp_path:
         "energy": 0.8,
         "target_macs": None,
         "target_params": None,
+        "max_drop": None,
+        "weighting": None,
     }
     refused = client.post("/ui/jobs", data={**form, "rule_value": "1.5", "idempotency_key": "k2"})
     assert refused.status_code == 422 and "rank.energy" in refused.text  # the API's own validation
