@@ -13,8 +13,10 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -242,8 +244,20 @@ class Run:
         return time.monotonic() - self.started
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: remembered, so that whatever error the interrupted request then surfaces (a
+    broken pipe, a reset connection) still ends the command as interrupted."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -290,7 +304,7 @@ def _outputs_only(argv: Sequence[str]) -> argparse.Namespace:
 def _classify(exc: BaseException, run: Run) -> tuple[int, str, dict[str, Any]]:
     """(exit code, the one line for stderr, the error as JSON) for whatever ended the command."""
     resume = _resume_hint(run)
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or _INTERRUPTED.is_set():
         if run.job_id is None:
             message = "interrupted before the server confirmed a job; see `modelpress-client list`"
         else:
