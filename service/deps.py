@@ -51,11 +51,8 @@ def current_tenant(
     failures: FailedAuth = request.app.state.auth_failures
     address = request.client.host if request.client else ""
     failures.check(address, credentials.credentials)  # 429 while this address or key is held back
-    session = session_factory(request.app.state.settings.db_url, readonly=True)()
-    try:
+    with session_scope(request.app.state.settings.db_url, readonly=True) as session:
         tenant = tenant_for(session, credentials.credentials)
-    finally:
-        session.close()
     if tenant is None:
         failures.failed(address, credentials.credentials)
         raise Problem("unauthorized", "the API key is not valid; create one with `modelpress create-key`.")

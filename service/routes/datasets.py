@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
@@ -20,7 +18,7 @@ from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep,
 from service.models import StoredDataset, Tenant
 from service.problems import Problem
 from service.retention import delete_upload
-from service.routes import paginate
+from service.routes import WindowDep, chunks, deletes, from_row, owned, tenant_page
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
 from service.store import ArtifactStore, clean_name, stream_to_file
@@ -66,18 +64,8 @@ _DESCRIPTION = (
 
 def record(dataset: StoredDataset) -> DatasetRecord:
     info = dataset.info
-    return DatasetRecord(
-        id=dataset.id,
-        name=dataset.name,
-        builtin=dataset.builtin,
-        sha256=dataset.sha256,
-        size_bytes=dataset.size_bytes,
-        samples=info["samples"],
-        sample_shape=info["sample_shape"],
-        labelled=info["labelled"],
-        validation_samples=info["validation_samples"],
-        created_at=dataset.created_at,
-    )
+    keys = ("samples", "sample_shape", "labelled", "validation_samples")
+    return from_row(DatasetRecord, dataset, **{key: info[key] for key in keys})
 
 
 def describe_npz(path: Path, max_unpacked_bytes: int = MAX_DATASET_BYTES) -> dict[str, Any]:
@@ -178,7 +166,7 @@ async def create_dataset_from_form(
         upload = Upload(staging / "data.npz", file.filename or "data.npz" if file else None)
         if file is not None:
             upload.size, upload.sha256 = await stream_to_file(
-                _chunks(file), upload.path, settings.max_dataset_bytes
+                chunks(file), upload.path, settings.max_dataset_bytes
             )
         _one_of(upload, builtin if isinstance(builtin, str) or builtin is None else "")
         if isinstance(builtin, str):
@@ -186,42 +174,17 @@ async def create_dataset_from_form(
         return record(await _store_npz(upload.path, upload, tenant, session, settings, store))
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1 << 20):
-        yield chunk
-
-
 @router.get("", response_model=Page[DatasetRecord], operation_id="datasets-list")
-def list_datasets(
-    tenant: CurrentTenant,
-    session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-) -> Page[DatasetRecord]:
-    query = select(StoredDataset).where(StoredDataset.tenant_id == tenant.id)
-    return paginate(
-        session, query.order_by(StoredDataset.created_at, StoredDataset.id), limit, offset, record
-    )
+def list_datasets(tenant: CurrentTenant, session: ReadSessionDep, window: WindowDep) -> Page[DatasetRecord]:
+    return tenant_page(session, StoredDataset, tenant, window, record)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRecord, operation_id="datasets-get")
 def get_dataset(dataset_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> DatasetRecord:
-    dataset = session.get(StoredDataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant.id:
-        raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
-    return record(dataset)
+    return record(owned(session, StoredDataset, tenant, dataset_id))
 
 
-@router.delete(
-    "/{dataset_id}",
-    status_code=204,
-    response_class=Response,
-    operation_id="datasets-delete",
-    responses={409: {"description": "jobs still use the dataset (problem type in-use)"}},
-)
+@deletes(router, "/{dataset_id}", "datasets-delete", "jobs still use the dataset (problem type in-use)")
 def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
-    dataset = session.get(StoredDataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant.id:
-        raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
-    delete_upload(session, store, dataset)
+    delete_upload(session, store, owned(session, StoredDataset, tenant, dataset_id))
     return Response(status_code=204)

@@ -20,7 +20,7 @@ from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep,
 from service.models import TERMINAL, Job, StoredDataset, StoredModel, Tenant, utcnow
 from service.problems import Problem
 from service.report_schema import JobReport
-from service.routes import paginate
+from service.routes import Limit, Offset, Window, deletes, owned, paginate
 from service.schemas import ArtifactName, JobCreate, JobRecord, Page, Progress, SweepCreate
 from service.settings import Settings
 from service.spec import CompressionSpec
@@ -57,10 +57,7 @@ def record(job: Job, store: ArtifactStore) -> JobRecord:
 
 
 def _owned(session: Session, tenant: Tenant, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant.id:
-        raise Problem("not-found", f"no job '{job_id}' in your account.")
-    return job
+    return owned(session, Job, tenant, job_id)
 
 
 def _create(
@@ -103,14 +100,10 @@ def _existing(session: Session, tenant: Tenant, kind: str, key: str | None, dige
 def _new_job(
     session: Session, tenant: Tenant, kind: str, body: dict[str, Any], key: str | None, digest: str
 ) -> Job:
-    model = session.get(StoredModel, body["model_id"])
-    if model is None or model.tenant_id != tenant.id:
-        raise Problem("not-found", f"no model '{body['model_id']}' in your account.")
+    owned(session, StoredModel, tenant, body["model_id"])
     dataset_id = body.get("dataset_id")
     if dataset_id is not None:
-        dataset = session.get(StoredDataset, dataset_id)
-        if dataset is None or dataset.tenant_id != tenant.id:
-            raise Problem("not-found", f"no dataset '{dataset_id}' in your account.")
+        owned(session, StoredDataset, tenant, dataset_id)
     spec = {k: v for k, v in body.items() if k not in ("model_id", "dataset_id")}
     return Job(
         tenant_id=tenant.id,
@@ -181,16 +174,15 @@ def list_jobs(
     tenant: CurrentTenant,
     session: ReadSessionDep,
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
 ) -> Page[JobRecord]:
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
         query = query.where(Job.status == status)
-    return paginate(
-        session, query.order_by(Job.created_at.desc(), Job.id), limit, offset, lambda job: record(job, store)
-    )
+    ordered = query.order_by(Job.created_at.desc(), Job.id)
+    return paginate(session, ordered, Window(limit, offset), lambda job: record(job, store))
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobRecord, operation_id="jobs-get")
@@ -227,13 +219,10 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: S
     return record(job, store)
 
 
-@router.delete(
-    "/v1/jobs/{job_id}",
-    status_code=204,
-    response_class=Response,
-    operation_id="jobs-delete",
-    responses={409: {"description": "the job has not finished; cancel it first (problem type conflict)"}},
-)
+_UNFINISHED = "the job has not finished; cancel it first (problem type conflict)"
+
+
+@deletes(router, "/v1/jobs/{job_id}", "jobs-delete", _UNFINISHED)
 def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
     """A finished job (or sweep) and its artifacts."""
     retention.delete_job(session, store, _owned(session, tenant, job_id))

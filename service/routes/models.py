@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compressors import Limits, inspect_model, load_model
@@ -18,7 +16,7 @@ from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep,
 from service.models import StoredModel, Tenant
 from service.problems import Problem
 from service.retention import delete_upload
-from service.routes import paginate
+from service.routes import WindowDep, chunks, deletes, from_row, owned, tenant_page
 from service.schemas import ModelRecord, Page
 from service.settings import Settings
 from service.store import ArtifactStore, clean_name, stream_to_file
@@ -45,21 +43,13 @@ _CREATED: dict[int | str, dict[str, Any]] = {
 
 def record(model: StoredModel) -> ModelRecord:
     info = model.info
-    return ModelRecord(
-        id=model.id,
-        filename=model.filename,
-        sha256=model.sha256,
-        size_bytes=model.size_bytes,
-        params=info["params"],
-        macs=info["macs"],
-        opset=info["opset"],
-        inputs=info["inputs"],
-        outputs=info["outputs"],
+    return from_row(
+        ModelRecord,
+        model,
+        **{key: info[key] for key in ("params", "macs", "opset", "inputs", "outputs", "layers")},
         eligible_layers=[la["name"] for la in info["layers"] if la["eligible"]],
-        layers=info["layers"],
         retrainable=bool(info.get("retrainable")),
         retrainable_reason=info.get("retrainable_reason", ""),
-        created_at=model.created_at,
     )
 
 
@@ -120,14 +110,9 @@ async def create_model_from_file(
 ) -> ModelRecord:
     """The same as ``create_model`` for a file part a form parser has already read (the dashboard)."""
     with store.staging() as staging:
-        size, digest = await stream_to_file(_chunks(file), staging / "upload", settings.max_model_bytes)
+        size, digest = await stream_to_file(chunks(file), staging / "upload", settings.max_model_bytes)
         upload = Upload(staging / "upload", file.filename or "model.onnx", size, digest)
         return await _store(upload, tenant, session, settings, store)
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(1 << 20):
-        yield chunk
 
 
 async def _store(
@@ -153,34 +138,16 @@ async def _store(
 
 
 @router.get("", response_model=Page[ModelRecord], operation_id="models-list")
-def list_models(
-    tenant: CurrentTenant,
-    session: ReadSessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-) -> Page[ModelRecord]:
-    query = select(StoredModel).where(StoredModel.tenant_id == tenant.id)
-    return paginate(session, query.order_by(StoredModel.created_at, StoredModel.id), limit, offset, record)
+def list_models(tenant: CurrentTenant, session: ReadSessionDep, window: WindowDep) -> Page[ModelRecord]:
+    return tenant_page(session, StoredModel, tenant, window, record)
 
 
 @router.get("/{model_id}", response_model=ModelRecord, operation_id="models-get", responses={200: _NEXT})
 def get_model(model_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> ModelRecord:
-    model = session.get(StoredModel, model_id)
-    if model is None or model.tenant_id != tenant.id:
-        raise Problem("not-found", f"no model '{model_id}' in your account.")
-    return record(model)
+    return record(owned(session, StoredModel, tenant, model_id))
 
 
-@router.delete(
-    "/{model_id}",
-    status_code=204,
-    response_class=Response,
-    operation_id="models-delete",
-    responses={409: {"description": "jobs still use the model (problem type in-use)"}},
-)
+@deletes(router, "/{model_id}", "models-delete", "jobs still use the model (problem type in-use)")
 def delete_model(model_id: str, tenant: CurrentTenant, session: SessionDep, store: StoreDep) -> Response:
-    model = session.get(StoredModel, model_id)
-    if model is None or model.tenant_id != tenant.id:
-        raise Problem("not-found", f"no model '{model_id}' in your account.")
-    delete_upload(session, store, model)
+    delete_upload(session, store, owned(session, StoredModel, tenant, model_id))
     return Response(status_code=204)

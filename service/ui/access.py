@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Form, Request
 
 from service.auth import tenant_for_key_id
-from service.db import session_factory
+from service.db import session_scope
 from service.models import Tenant
 from service.problems import Problem
 from service.ui import session as cookie
@@ -37,11 +37,8 @@ def signed_in(request: Request) -> SignedIn:
     session = cookie.read(request)
     if session is None or session.key_id is None:
         raise SignInRequired
-    db = session_factory(request.app.state.settings.db_url, readonly=True)()
-    try:
+    with session_scope(request.app.state.settings.db_url, readonly=True) as db:
         tenant = tenant_for_key_id(db, session.key_id)
-    finally:
-        db.close()
     if tenant is None:
         raise SignInRequired
     return SignedIn(tenant, session)

@@ -6,6 +6,7 @@ exactly what the API would answer, tenant scoping and 404s included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,7 +15,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from service.deps import ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from service.models import TERMINAL
 from service.problems import Problem
-from service.routes import jobs
+from service.routes import Offset, jobs
 from service.schemas import ArtifactName, JobRecord
 from service.store import ArtifactStore
 from service.ui import views
@@ -45,7 +46,7 @@ def jobs_page(
     viewer: Viewer,
     session: ReadSessionDep,
     store: StoreDep,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    offset: Offset = 0,
     status: StatusFilter = None,
 ) -> Response:
     listing = jobs.list_jobs(viewer.tenant, session, store, PAGE_SIZE, offset, status)
@@ -56,21 +57,19 @@ def jobs_page(
     )  # fmt: skip
 
 
-@router.get("/jobs/{job_id}")
-def job_page(
-    request: Request, job_id: str, viewer: Viewer, session: ReadSessionDep, store: StoreDep
-) -> Response:
-    job = jobs.get_job(job_id, viewer.tenant, session, store)
-    return page(request, "job.html", viewer=viewer, **job_context(job, store, viewer.tenant.id))
+def _job_view(template: str) -> Callable[..., Response]:
+    def view(
+        request: Request, job_id: str, viewer: Viewer, session: ReadSessionDep, store: StoreDep
+    ) -> Response:
+        job = jobs.get_job(job_id, viewer.tenant, session, store)
+        return page(request, template, viewer=viewer, **job_context(job, store, viewer.tenant.id))
+
+    return view
 
 
-@router.get("/jobs/{job_id}/live")
-def job_live(
-    request: Request, job_id: str, viewer: Viewer, session: ReadSessionDep, store: StoreDep
-) -> Response:
-    """The part of a job's page that changes, for the page to swap in when the job ends."""
-    job = jobs.get_job(job_id, viewer.tenant, session, store)
-    return page(request, "_job_live.html", viewer=viewer, **job_context(job, store, viewer.tenant.id))
+# a job's page, and the part of it that changes, for the page to swap in when the job ends
+router.get("/jobs/{job_id}")(_job_view("job.html"))
+router.get("/jobs/{job_id}/live")(_job_view("_job_live.html"))
 
 
 @router.get("/jobs/{job_id}/row")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from compressors import METHODS
 from service.deps import SessionDep, SettingsDep, StoreDep
-from service.routes import datasets, jobs, models
+from service.routes import Window, datasets, jobs, models
 from service.spec import RANK_KEYS
 from service.ui import forms
 from service.ui.access import PostingViewer, SignedIn, Viewer
@@ -32,8 +32,8 @@ def new_page(
         "new.html",
         problem["status"] if problem else 200,
         viewer=viewer,
-        models=models.list_models(viewer.tenant, session, 200, 0).items,
-        datasets=datasets.list_datasets(viewer.tenant, session, 200, 0).items,
+        models=models.list_models(viewer.tenant, session, Window(200)).items,
+        datasets=datasets.list_datasets(viewer.tenant, session, Window(200)).items,
         methods=list(METHODS.values()),
         rules=RANK_KEYS,
         chosen=chosen,
