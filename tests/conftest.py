@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from examples import digits
-from tests.harness import Service
+from tests.harness import Service, serve_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,11 +87,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``modelpress serve`` with one worker, for the tests of one module."""
-    with Service(tmp_path_factory.mktemp("serve"), workers=1) as running:
-        yield running
+service = serve_fixture("module", "serve")  # one server for the tests of one module
 
 
 @pytest.fixture(scope="module")

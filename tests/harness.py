@@ -1,5 +1,6 @@
 """Real processes on loopback for service tests: ``modelpress serve`` / ``worker`` with their
-own data folder, environment and port, and an HTTP client holding a tenant's key."""
+own data folder, environment and port, and an HTTP client holding a tenant's key; the app in the
+test's own process behind a TestClient; and the checks on answers that both kinds of client share."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth import create_key
+from service.db import session_scope
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBLEMS = "https://modelpress.dev/problems/"
 
 
 def free_port() -> int:
@@ -126,6 +137,38 @@ class Service:
     def client(self, token: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def serve_fixture(scope: Literal["module", "session"], folder: str) -> Callable[..., Any]:
+    """A fixture, named by the variable it is assigned to: ``modelpress serve`` with one worker and
+    its data in a fresh ``folder``, started once a ``scope``."""
+
+    @pytest.fixture(scope=scope)
+    def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+        with Service(tmp_path_factory.mktemp(folder), workers=1) as running:
+            yield running
+
+    return service
+
+
+@contextmanager
+def app_client(settings: Settings, tenant: str, **options: Any) -> Iterator[TestClient]:
+    """The app of ``settings`` (its database already migrated) in this process, each request
+    carrying a new key of ``tenant``; ``options`` go to the TestClient."""
+    with session_scope(settings.db_url) as session:
+        _, token = create_key(session, tenant)
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings), headers=headers, **options) as client:
+        yield client
+
+
+def expect_problem(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
+    """The body of an error answer, once it is application/problem+json of this status and type."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == PROBLEMS + kind, body
+    return body
 
 
 def upload_model(client: httpx.Client, path: Path) -> dict[str, Any]:

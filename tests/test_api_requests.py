@@ -13,23 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import migrate
-from service.app import create_app
-from service.auth import create_key
 from service.db import session_scope
 from service.models import Job
 from service.settings import Settings
 from tests import builders
-
-PROBLEMS = "https://modelpress.dev/problems/"
+from tests.harness import app_client, expect_problem
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("requests"), workers=0)
     migrate.upgrade(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        _, token = create_key(session, "requests")
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as test_client:
+    with app_client(settings, "requests") as test_client:
         test_client.app.state.test_settings = settings  # type: ignore[attr-defined]
         yield test_client
 
@@ -47,14 +42,6 @@ def _npz() -> bytes:
     rng = np.random.default_rng(0)
     np.savez(buffer, x=rng.random((20, 64), dtype=np.float32), y=rng.integers(0, 10, 20))
     return buffer.getvalue()
-
-
-def _problem(response: Any, status: int, kind: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEMS + kind, body
-    return body
 
 
 def test_a_dataset_upload_ignores_an_extra_form_field_as_a_model_upload_does(
@@ -78,15 +65,15 @@ def test_a_builtin_dataset_as_a_form_field_or_as_json(client: TestClient) -> Non
     assert as_json.status_code == 201, as_json.text
     assert form.json()["builtin"] == as_json.json()["builtin"] == "digits"
     both = client.post("/v1/datasets", files={"file": ("d.npz", _npz()), "builtin": (None, "digits")})
-    assert "exactly one" in _problem(both, 422, "validation-error")["detail"]
+    assert "exactly one" in expect_problem(both, 422, "validation-error")["detail"]
     unknown = client.post("/v1/datasets", files={"builtin": (None, "mnist")})
-    assert "digits" in _problem(unknown, 422, "validation-error")["detail"]
+    assert "digits" in expect_problem(unknown, 422, "validation-error")["detail"]
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/sweeps", "/v1/datasets", "/v1/jobs/validate"])
 def test_malformed_json_is_400_as_the_readme_promises(client: TestClient, path: str) -> None:
     response = client.post(path, content=b'{"model_id": ', headers={"Content-Type": "application/json"})
-    assert "JSON" in _problem(response, 400, "bad-request")["detail"]
+    assert "JSON" in expect_problem(response, 400, "bad-request")["detail"]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +89,7 @@ def test_sweeps_refuse_duplicate_methods_and_unknown_strength_keys(
 ) -> None:
     dataset = client.post("/v1/datasets", json={"builtin": "digits"}).json()["id"]
     body = {"model_id": model_id, "dataset_id": dataset, **change}
-    problem = _problem(client.post("/v1/sweeps", json=body), 422, "validation-error")
+    problem = expect_problem(client.post("/v1/sweeps", json=body), 422, "validation-error")
     assert any(field in error["loc"] for error in problem["errors"]), problem
 
 
@@ -121,7 +108,7 @@ def test_cancelling_a_finished_job_is_409_with_a_problem_type(
 ) -> None:
     job = client.post("/v1/jobs", json={"model_id": model_id, "method": "svd"}).json()
     _finish(client, job["id"], status)
-    problem = _problem(client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job-finished")
+    problem = expect_problem(client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job-finished")
     assert status in problem["detail"]
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == status  # unchanged
 
@@ -140,6 +127,6 @@ def test_a_spec_is_validated_alone_before_anything_is_uploaded(client: TestClien
     bad = client.post(
         "/v1/jobs/validate", json={"method": "svd", "rank": {"energy": 0.9, "target_macs": 0.5}}
     )
-    assert "exactly one" in _problem(bad, 422, "validation-error")["detail"]
+    assert "exactly one" in expect_problem(bad, 422, "validation-error")["detail"]
     sparse = client.post("/v1/jobs/validate", json={"method": "prune", "rank": {"target_macs": 0.5}})
-    _problem(sparse, 422, "validation-error")
+    expect_problem(sparse, 422, "validation-error")

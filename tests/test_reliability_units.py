@@ -25,8 +25,6 @@ from sqlalchemy.exc import OperationalError
 
 from compressors import DatasetRejected, TrainingDiverged, strict_json
 from service import migrate, queue, reaper, worker
-from service.app import create_app
-from service.auth import create_key
 from service.db import session_scope
 from service.models import Job, utcnow
 from service.routes import jobs as job_routes
@@ -35,8 +33,7 @@ from service.settings import Settings
 from service.spec import parse_spec
 from tests import builders
 from tests.backends import fresh_postgres
-
-PROBLEMS = "https://modelpress.dev/problems/"
+from tests.harness import PROBLEMS, app_client, expect_problem
 
 
 @pytest.fixture
@@ -48,10 +45,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with session_scope(settings.db_url) as session:
-        _, token = create_key(session, "faults")
-    app = create_app(settings)
-    with TestClient(app, headers={"Authorization": f"Bearer {token}"}, raise_server_exceptions=False) as c:
+    with app_client(settings, "faults", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -61,14 +55,6 @@ def model_id(client: TestClient, tmp_path: Path) -> str:
     response = client.post("/v1/models", files={"file": ("gemm.onnx", path.read_bytes())})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-def _problem(response: Any, status: int, kind: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEMS + kind, body
-    return body
 
 
 def _submit(client: TestClient, model_id: str, **headers: str) -> Any:
@@ -264,7 +250,7 @@ def test_a_full_disk_answers_507_and_the_upload_leaves_no_staging(
     monkeypatch.setattr(uploads._Reader, "on_part_data", full)
     path = builders.save(builders.gemm(64, 10), tmp_path / "gemm.onnx")
     response = client.post("/v1/models", files={"file": ("gemm.onnx", path.read_bytes())})
-    problem = _problem(response, 507, "insufficient-storage")
+    problem = expect_problem(response, 507, "insufficient-storage")
     assert response.headers["retry-after"] and "No space" not in problem["detail"]
     assert list((settings.artifacts_dir / ".tmp").iterdir()) == []
 
@@ -311,9 +297,7 @@ def any_db_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Te
         url = request.getfixturevalue("postgres_url")
     settings = Settings(data_dir=tmp_path / "nul", workers=0, database_url=url)
     migrate.upgrade(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        _, token = create_key(session, "nul")
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
+    with app_client(settings, "nul") as c:
         yield c
     if url:
         from service.db import engine_for
@@ -341,7 +325,7 @@ def test_a_nul_byte_in_an_uploaded_file_name_is_cleaned_and_the_name_kept(
 def test_an_empty_or_overlong_idempotency_key_is_a_422(client: TestClient, model_id: str, key: str) -> None:
     started = time.monotonic()
     for _ in range(2):
-        _problem(_submit(client, model_id, **{"Idempotency-Key": key}), 422, "validation-error")
+        expect_problem(_submit(client, model_id, **{"Idempotency-Key": key}), 422, "validation-error")
     assert time.monotonic() - started < 10
 
 
@@ -352,7 +336,7 @@ def test_the_idempotency_insert_race_is_retried_a_bounded_number_of_times(
     # a reader that never sees the winner's row (as under a long replication lag): every
     # insert meets the unique index; before, _create recursed until the stack ran out
     monkeypatch.setattr(job_routes, "_existing", lambda *_: None)
-    _problem(_submit(client, model_id, **{"Idempotency-Key": "race"}), 409, "conflict")
+    expect_problem(_submit(client, model_id, **{"Idempotency-Key": "race"}), 409, "conflict")
 
 
 def test_reports_with_nan_are_valid_json() -> None:

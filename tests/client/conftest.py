@@ -1,4 +1,5 @@
-"""A real ``modelpress serve`` on loopback for the client tests, and the client CLI as a user runs it."""
+"""A real ``modelpress serve`` on loopback for the client tests, the client CLI as a user runs it,
+and the server's answers for a mock transport."""
 
 from __future__ import annotations
 
@@ -6,18 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.harness import Service
+from tests.harness import Service, serve_fixture
 
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with Service(tmp_path_factory.mktemp("client-serve"), workers=1) as running:
-        yield running
+server = serve_fixture("session", "client-serve")  # one server for all the client tests
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +61,23 @@ def client_process(*args: str, url: str, token: str | None, **env: str) -> subpr
         text=True,
         env=client_env(url, token, **env),
     )
+
+
+def problem_answer(status: int, kind: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """An error as the server answers it: problem+json, with request id ``rid-1``."""
+    body = {"type": f"https://modelpress.dev/problems/{kind}", "title": kind, "status": status}
+    return httpx.Response(
+        status,
+        json={**body, "detail": f"{kind} happened"},
+        headers={"x-request-id": "rid-1", **(headers or {})},
+    )
+
+
+def rate_limited_then_unavailable_then_ok() -> list[httpx.Response]:
+    """A 429 with ``Retry-After: 3``, a 503 without one, then an empty page of jobs: a list call
+    that succeeds on its second retry."""
+    return [
+        problem_answer(429, "rate-limited", {"Retry-After": "3"}),
+        problem_answer(503, "service-unavailable"),
+        httpx.Response(200, json={"items": [], "next_offset": None}),
+    ]

@@ -14,6 +14,7 @@ import pytest
 from modelpress_client import AsyncClient, Client, Job, JobFinished, NotReady, RateLimited, resources
 
 from compressors.onnx import metrics
+from tests.client.conftest import problem_answer, rate_limited_then_unavailable_then_ok
 from tests.harness import Service
 
 
@@ -65,32 +66,18 @@ def _mock(
     return client, sleeps
 
 
-def _problem(status: int, kind: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    body = {
-        "type": f"https://modelpress.dev/problems/{kind}",
-        "title": kind,
-        "status": status,
-        "detail": kind,
-    }
-    return httpx.Response(status, json=body, headers=headers or {})
-
-
 def test_retries_backoff_and_409s_as_the_synchronous_client() -> None:
-    answers = [
-        _problem(429, "rate-limited", {"Retry-After": "3"}),
-        _problem(503, "service-unavailable"),
-        httpx.Response(200, json={"items": [], "next_offset": None}),
-    ]
+    answers = rate_limited_then_unavailable_then_ok()
     client, sleeps = _mock(lambda request: answers.pop(0))
     assert asyncio.run(client.jobs.list()).items == []
     assert sleeps[0] == 3.0 and 0.75 <= sleeps[1] <= 1.0
 
     calls: list[httpx.Request] = []
-    client, _ = _mock(lambda request: calls.append(request) or _problem(409, "not-ready"))
+    client, _ = _mock(lambda request: calls.append(request) or problem_answer(409, "not-ready"))
     with pytest.raises(NotReady):
         asyncio.run(client.jobs.report("job_x"))
     assert len(calls) == 1  # the state of a job: not retried
-    client, _ = _mock(lambda request: _problem(429, "rate-limited"), max_retries=1)
+    client, _ = _mock(lambda request: problem_answer(429, "rate-limited"), max_retries=1)
     with pytest.raises(RateLimited):
         asyncio.run(client.jobs.get("job_x"))
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,9 @@ SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]  # GitHub's `
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with Service(tmp_path_factory.mktemp("ci-serve"), workers=1) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def token(service: Service) -> str:
+    """A key on this module's own server (tests/conftest.py's ``service``), which the pipeline
+    test restarts: tests/client's ``token`` is one on the server the other client tests share."""
     return service.create_key("ci-docs")
 
 

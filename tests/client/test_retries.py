@@ -37,6 +37,7 @@ from service.auth import create_key
 from service.db import session_scope
 from service.migrate import upgrade
 from service.settings import Settings
+from tests.client.conftest import problem_answer, rate_limited_then_unavailable_then_ok
 from tests.harness import free_port
 
 UNAVAILABLE = {
@@ -198,21 +199,8 @@ def _client(handler: Callable[[httpx.Request], httpx.Response], **options: Any) 
     return client, sleeps
 
 
-def _problem(status: int, kind: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    body = {"type": f"https://modelpress.dev/problems/{kind}", "title": kind, "status": status}
-    return httpx.Response(
-        status,
-        json={**body, "detail": f"{kind} happened"},
-        headers={"x-request-id": "rid-1", **(headers or {})},
-    )
-
-
 def test_retry_after_is_honoured_and_jittered_backoff_otherwise() -> None:
-    answers = [
-        _problem(429, "rate-limited", {"Retry-After": "3"}),
-        _problem(503, "service-unavailable"),
-        httpx.Response(200, json={"items": [], "next_offset": None}),
-    ]
+    answers = rate_limited_then_unavailable_then_ok()
     client, sleeps = _client(lambda request: answers.pop(0))
     assert client.jobs.list().items == []
     assert sleeps[0] == 3.0
@@ -226,7 +214,7 @@ def test_retries_stop_after_max_retries_and_skip_client_errors() -> None:
     def always(status: int, kind: str) -> Callable[[httpx.Request], httpx.Response]:
         def handler(request: httpx.Request) -> httpx.Response:
             calls.append(request)
-            return _problem(status, kind)
+            return problem_answer(status, kind)
 
         return handler
 
@@ -291,8 +279,8 @@ def test_an_upload_is_sent_whole_on_every_attempt(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         bodies.append(request.read())
         if len(bodies) == 1:
-            return _problem(502, "bad-gateway")
-        return _problem(422, "model-rejected")
+            return problem_answer(502, "bad-gateway")
+        return problem_answer(422, "model-rejected")
 
     client, _ = _client(handler)
     with pytest.raises(ModelRejected):
@@ -335,7 +323,7 @@ def test_a_409_that_states_the_jobs_state_is_not_retried() -> None:
     def answer(kind: str) -> Callable[[httpx.Request], httpx.Response]:
         def handler(request: httpx.Request) -> httpx.Response:
             calls.append(request)
-            return _problem(409, kind)
+            return problem_answer(409, kind)
 
         return handler
 
