@@ -1,35 +1,35 @@
 """``AsyncClient``'s resources: the same calls as :mod:`modelpress_client.resources`, awaitable.
 
-Request bodies, the event-stream parser, bundling and the wait policy are shared with the
-synchronous resources; only the I/O differs. File work (bundling, writing a download) runs in a
-thread, so that a large model does not stall the event loop.
+Request bodies, the event-stream parser, bundling, and the wait and download policies
+(``Wait``, ``Download``) are shared with the synchronous resources; only the I/O differs. File
+work (bundling, writing a download) runs in a thread, so that a large model does not stall the
+event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from modelpress_client import errors
-from modelpress_client._http import AsyncTransport, backoff, log, retry_after
+from modelpress_client._http import AsyncTransport
 from modelpress_client.resources import (
     DEFAULT_POLL_INTERVAL,
+    DOWNLOAD_TIMEOUT,
+    EVENTS_FAILURES,
     TRANSIENT,
-    Outage,
+    Download,
+    Resource,
     SseParser,
-    Watcher,
+    Wait,
     _upload_timeout,
-    event_job,
-    events_idle,
+    is_event_stream,
     job_body,
     prepare_upload,
     sweep_body,
@@ -61,9 +61,21 @@ async def _upload(transport: AsyncTransport, path: str, source: str | os.PathLik
         return await transport.request("POST", path, upload=("file", prepared), timeout=_upload_timeout())
 
 
-class AsyncModels:
-    def __init__(self, transport: AsyncTransport) -> None:
-        self._t = transport
+class _AsyncRecords(Resource[AsyncTransport], Generic[R]):
+    """The pages of one kind of record (models, datasets), awaitable."""
+
+    _path: str
+    _record: type[R]
+
+    async def list(self, *, limit: int = 50, offset: int = 0) -> Page[R]:
+        return await _page(self._t, self._path, self._record, {"limit": limit, "offset": offset})
+
+    def iter(self) -> AsyncIterator[R]:
+        return _iterate(lambda offset: self.list(limit=200, offset=offset))
+
+
+class AsyncModels(_AsyncRecords[Model]):
+    _path, _record = "/v1/models", Model
 
     async def upload(self, path: str | os.PathLike[str]) -> Model:
         """Upload an ``.onnx`` (zipped with its external-data files, if any) or a ``.zip``."""
@@ -72,19 +84,12 @@ class AsyncModels:
     async def get(self, model_id: str) -> Model:
         return Model.model_validate((await self._t.request("GET", f"/v1/models/{model_id}")).json())
 
-    async def list(self, *, limit: int = 50, offset: int = 0) -> Page[Model]:
-        return await _page(self._t, "/v1/models", Model, {"limit": limit, "offset": offset})
-
-    def iter(self) -> AsyncIterator[Model]:
-        return _iterate(lambda offset: self.list(limit=200, offset=offset))
-
     async def delete(self, model_id: str) -> None:
         await self._t.request("DELETE", f"/v1/models/{model_id}")
 
 
-class AsyncDatasets:
-    def __init__(self, transport: AsyncTransport) -> None:
-        self._t = transport
+class AsyncDatasets(_AsyncRecords[Dataset]):
+    _path, _record = "/v1/datasets", Dataset
 
     async def upload(self, path: str | os.PathLike[str]) -> Dataset:
         source = Path(path)
@@ -99,14 +104,8 @@ class AsyncDatasets:
     async def get(self, dataset_id: str) -> Dataset:
         return Dataset.model_validate((await self._t.request("GET", f"/v1/datasets/{dataset_id}")).json())
 
-    async def list(self, *, limit: int = 50, offset: int = 0) -> Page[Dataset]:
-        return await _page(self._t, "/v1/datasets", Dataset, {"limit": limit, "offset": offset})
-
     async def delete(self, dataset_id: str) -> None:
         await self._t.request("DELETE", f"/v1/datasets/{dataset_id}")
-
-    def iter(self) -> AsyncIterator[Dataset]:
-        return _iterate(lambda offset: self.list(limit=200, offset=offset))
 
 
 async def _submit(transport: AsyncTransport, path: str, body: dict[str, Any], key: str | None) -> Job:
@@ -114,10 +113,7 @@ async def _submit(transport: AsyncTransport, path: str, body: dict[str, Any], ke
     return Job.model_validate((await transport.request("POST", path, json=body, headers=headers)).json())
 
 
-class AsyncJobs:
-    def __init__(self, transport: AsyncTransport) -> None:
-        self._t = transport
-
+class AsyncJobs(Resource[AsyncTransport]):
     async def create(
         self,
         model_id: str,
@@ -169,39 +165,18 @@ class AsyncJobs:
         self, job_id: str, name: str = "model.onnx", path: str | os.PathLike[str] | None = None
     ) -> Path:
         """Write artifact ``name`` to ``path`` (default ``./name``), whole or not at all."""
-        target = Path(path) if path is not None else Path(name)
-        if target.is_dir():
-            target = target / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        retry = 0
+        download = Download(job_id, name, path, self._t.max_retries)
         while True:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
-                await self._download_to(fd, job_id, name)
-                os.replace(tmp, target)
-                return target
+                with download.file() as out:
+                    async with self._t.stream("GET", download.path, timeout=DOWNLOAD_TIMEOUT) as response:
+                        async for chunk in response.aiter_bytes(1 << 20):
+                            await asyncio.to_thread(out.write, chunk)
+                    await asyncio.to_thread(out.flush)
+                    await asyncio.to_thread(os.fsync, out.fileno())
+                return download.target
             except httpx.TransportError as exc:  # the body broke off: start the file again
-                _unlink(tmp)
-                if retry >= self._t.max_retries:
-                    raise errors.APIConnectionError(
-                        None, f"the download of {name} from {job_id} broke off ({exc}); try again."
-                    ) from exc
-                await self._t.sleep(backoff(retry))
-                retry += 1
-            except BaseException:
-                _unlink(tmp)
-                raise
-
-    async def _download_to(self, fd: int, job_id: str, name: str) -> None:
-        timeout = httpx.Timeout(30.0, read=300.0)
-        with os.fdopen(fd, "wb") as out:
-            async with self._t.stream(
-                "GET", f"/v1/jobs/{job_id}/artifacts/{name}", timeout=timeout
-            ) as response:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    await asyncio.to_thread(out.write, chunk)
-            await asyncio.to_thread(out.flush)
-            await asyncio.to_thread(os.fsync, out.fileno())
+                await self._t.sleep(download.broke_off(exc))
 
     async def wait(
         self,
@@ -214,80 +189,44 @@ class AsyncJobs:
     ) -> Job:
         """As :meth:`modelpress_client.resources.Jobs.wait`: events, else polling; rides out a
         server restart until ``timeout``; every terminal state ends it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        watcher, outage = Watcher(job_id, progress, on_update), Outage(job_id, deadline)
-        try:
-            job = await self._follow_events(job_id, deadline, watcher.seen)
+        with Wait(job_id, progress, timeout, poll_interval, on_update) as wait:
+            job = await self._follow_events(wait)
             while job is None or not job.done:
                 try:
                     response = await self._t.request("GET", f"/v1/jobs/{job_id}")
                 except TRANSIENT as exc:
-                    await asyncio.sleep(outage.failed(exc))
+                    await asyncio.sleep(wait.unreachable(exc))
                     continue
-                outage.recovered()
-                job, hint = Job.model_validate(response.json()), retry_after(response)
-                watcher.seen(job)
-                if job.done:
-                    break
-                remaining = float("inf") if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise errors.WaitTimeout(job_id, timeout or 0.0, job.status)
-                await asyncio.sleep(min(poll_interval if hint is None else hint, remaining))
+                job, delay = wait.polled(response)
+                if delay is not None:
+                    await asyncio.sleep(delay)
             return job
-        finally:
-            watcher.close()
 
-    async def _follow_events(
-        self, job_id: str, deadline: float | None, seen: Callable[[Job], None]
-    ) -> Job | None:
+    async def _follow_events(self, wait: Wait) -> Job | None:
         """The job in a terminal state from the event stream; None when the caller should poll."""
         while True:
             try:
-                return await self._read_events(job_id, deadline, seen)
-            except httpx.ReadTimeout:
-                if deadline is not None and time.monotonic() >= deadline:
+                return await self._read_events(wait)
+            except EVENTS_FAILURES as exc:
+                if not wait.reconnects_after(exc):
                     return None
-                continue  # a quiet stretch: reconnect, the server resends the state
-            except (errors.APIConnectionError, errors.ServerError, httpx.HTTPError, ValueError) as exc:
-                log.debug("events of %s failed (%r); polling instead", job_id, exc)
-                return None
-            except errors.APIStatusError as exc:
-                if exc.status in (401, 403, 404):
-                    raise
-                return None
 
-    async def _read_events(
-        self, job_id: str, deadline: float | None, seen: Callable[[Job], None]
-    ) -> Job | None:
-        timeout = httpx.Timeout(30.0, read=events_idle(deadline))
-        headers = {"Accept": "text/event-stream"}
-        path = f"/v1/jobs/{job_id}/events"
-        async with self._t.stream("GET", path, headers=headers, timeout=timeout, max_retries=0) as response:
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+    async def _read_events(self, wait: Wait) -> Job | None:
+        async with self._t.stream("GET", wait.events_path, **wait.events_options()) as response:
+            if not is_event_stream(response, wait.job_id):
                 return None
             parser = SseParser()
             async for line in response.aiter_lines():
                 item = parser.feed(line)
-                job = None if item is None else event_job(*item)
-                if job is None:
+                if item is None:
                     continue
-                seen(job)
-                if item is not None and (item[0] == "end" or job.done):
+                stop, job = wait.event(*item)
+                if stop:
                     return job
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
         return None
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-class AsyncSweeps:
-    def __init__(self, transport: AsyncTransport) -> None:
-        self._t = transport
-
+class AsyncSweeps(Resource[AsyncTransport]):
     async def create(
         self,
         model_id: str,

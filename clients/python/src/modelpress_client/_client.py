@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+from typing import Generic, TypeVar
 
 import httpx
 
@@ -37,7 +38,40 @@ def _settings(url: str | None, token: str | None, max_retries: int) -> tuple[str
     return url, headers
 
 
-class Client:
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+
+
+class _Connection(Generic[HttpT]):
+    """What :class:`Client` and :class:`AsyncClient` share: the settings, from the arguments or
+    the environment, and the httpx client that carries them."""
+
+    _http_class: type[HttpT]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: HttpT | None = None,
+    ) -> None:
+        self.url, headers = _settings(url, token, max_retries)
+        self.max_retries = max_retries
+        if http_client is None:
+            http_client = self._http_class(base_url=self.url, headers=headers, timeout=timeout)
+        else:  # e.g. a custom transport or proxy; our headers and base URL still apply
+            http_client.base_url = httpx.URL(self.url)
+            http_client.headers.update(headers)
+        self._http: HttpT = http_client
+        self._mount(http_client)
+
+    def _mount(self, http: HttpT) -> None:
+        """Set up the transport and the resources (``models``, ``datasets``, ``jobs``, ``sweeps``)."""
+        raise NotImplementedError
+
+
+class Client(_Connection[httpx.Client]):
     """A connection to a modelpress server.
 
     ``url`` and ``token`` default to ``MODELPRESS_URL`` and ``MODELPRESS_TOKEN``. Failed
@@ -53,33 +87,12 @@ class Client:
             job = client.jobs.wait(job.id, progress=True)
     """
 
-    models: Models
-    datasets: Datasets
-    jobs: Jobs
-    sweeps: Sweeps
+    _http_class = httpx.Client
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        self.url, headers = _settings(url, token, max_retries)
-        self.max_retries = max_retries
-        if http_client is None:
-            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-        else:  # e.g. a custom transport or proxy; our headers and base URL still apply
-            http_client.base_url = httpx.URL(self.url)
-            http_client.headers.update(headers)
-            self._http = http_client
-        self._transport = Transport(self._http, max_retries)
-        self.models = Models(self._transport)
-        self.datasets = Datasets(self._transport)
-        self.jobs = Jobs(self._transport)
-        self.sweeps = Sweeps(self._transport)
+    def _mount(self, http: httpx.Client) -> None:
+        self._transport = Transport(http, self.max_retries)
+        self.models, self.datasets = Models(self._transport), Datasets(self._transport)
+        self.jobs, self.sweeps = Jobs(self._transport), Sweeps(self._transport)
 
     def close(self) -> None:
         self._http.close()
@@ -99,7 +112,7 @@ class Client:
         return f"Client(url={self.url!r})"
 
 
-class AsyncClient:
+class AsyncClient(_Connection[httpx.AsyncClient]):
     """:class:`Client` for an event loop: the same resources, each call awaitable.
 
     Example::
@@ -111,33 +124,12 @@ class AsyncClient:
             report = await client.jobs.report(job.id)
     """
 
-    models: AsyncModels
-    datasets: AsyncDatasets
-    jobs: AsyncJobs
-    sweeps: AsyncSweeps
+    _http_class = httpx.AsyncClient
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.url, headers = _settings(url, token, max_retries)
-        self.max_retries = max_retries
-        if http_client is None:
-            self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
-        else:
-            http_client.base_url = httpx.URL(self.url)
-            http_client.headers.update(headers)
-            self._http = http_client
-        self._transport = AsyncTransport(self._http, max_retries)
-        self.models = AsyncModels(self._transport)
-        self.datasets = AsyncDatasets(self._transport)
-        self.jobs = AsyncJobs(self._transport)
-        self.sweeps = AsyncSweeps(self._transport)
+    def _mount(self, http: httpx.AsyncClient) -> None:
+        self._transport = AsyncTransport(http, self.max_retries)
+        self.models, self.datasets = AsyncModels(self._transport), AsyncDatasets(self._transport)
+        self.jobs, self.sweeps = AsyncJobs(self._transport), AsyncSweeps(self._transport)
 
     async def close(self) -> None:
         await self._http.aclose()

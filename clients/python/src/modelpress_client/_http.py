@@ -101,41 +101,54 @@ class Call:
             )
 
 
-def connection_error(request: httpx.Request | None, exc: Exception) -> errors.APIError:
-    if isinstance(exc, httpx.TimeoutException):
-        return errors.APITimeoutError(request)
-    return errors.APIConnectionError(request)
+class Attempts:
+    """The attempts of one call: each one's request, and after it whether and when to try again."""
 
+    def __init__(self, call: Call, limit: int) -> None:
+        self.call, self.limit, self.retry = call, limit, 0
+        self.request: httpx.Request | None = None
+        self.started = 0.0
 
-def retry_delay(call: Call, response: httpx.Response, retry: int, limit: int) -> float | None:
-    """Seconds to wait before asking again after this error answer; None when it is final."""
-    if retry >= limit or not should_retry(response):
-        return None
-    delay = retry_after(response)
-    delay = backoff(retry) if delay is None else delay
-    log.debug("retrying %s %s in %.2f s (%d of %d)", call.method, call.path, delay, retry + 1, limit)
-    return delay
+    @contextmanager
+    def build(self, http: httpx.Client | httpx.AsyncClient) -> Iterator[httpx.Request]:
+        """The request of the next attempt, timed from here."""
+        self.request = None
+        with self.call.build(http) as request:
+            self.request, self.started = request, time.monotonic()
+            yield request
 
+    def failed(self, exc: httpx.TransportError) -> float:
+        """Seconds to wait after a connection error or timeout; raises it when retries are spent."""
+        log.debug("%s %s failed: %r", self.call.method, self.call.path, exc)
+        if self.retry >= self.limit:
+            if isinstance(exc, httpx.TimeoutException):
+                raise errors.APITimeoutError(self.request) from exc
+            raise errors.APIConnectionError(self.request) from exc
+        return self._next(backoff(self.retry))
 
-def log_answer(call: Call, request: httpx.Request, response: httpx.Response, started: float) -> None:
-    log.debug(
-        "%s %s -> %s in %.0f ms (request id %s)",
-        call.method,
-        request.url,
-        response.status_code,
-        (time.monotonic() - started) * 1e3,
-        response.headers.get("x-request-id"),
-    )
+    def answered(self, response: httpx.Response) -> float | None:
+        """None when ``response`` is the answer; else seconds to wait before asking again. Raises
+        the typed error when the answer is final."""
+        log.debug(
+            "%s %s -> %s in %.0f ms (request id %s)",
+            self.call.method,
+            response.request.url,
+            response.status_code,
+            (time.monotonic() - self.started) * 1e3,
+            response.headers.get("x-request-id"),
+        )
+        if response.status_code < 400:
+            return None
+        if self.retry >= self.limit or not should_retry(response):
+            raise errors.error_for(response)
+        delay = retry_after(response)
+        return self._next(backoff(self.retry) if delay is None else delay)
 
-
-def failed_delay(call: Call, error: errors.APIError, cause: Exception, retry: int, limit: int) -> float:
-    """Seconds to wait after a connection error or timeout; raises it when retries are spent."""
-    log.debug("%s %s failed: %r", call.method, call.path, cause)
-    if retry >= limit:
-        raise error from cause
-    delay = backoff(retry)
-    log.debug("retrying %s %s in %.2f s (%d of %d)", call.method, call.path, delay, retry + 1, limit)
-    return delay
+    def _next(self, delay: float) -> float:
+        self.retry += 1
+        method, path = self.call.method, self.call.path
+        log.debug("retrying %s %s in %.2f s (%d of %d)", method, path, delay, self.retry, self.limit)
+        return delay
 
 
 class Transport:
@@ -164,12 +177,10 @@ class Transport:
             response.close()
 
     def _send(self, call: Call, limit: int, read: bool) -> httpx.Response:
-        retry = 0
+        attempts = Attempts(call, limit)
         while True:
-            request: httpx.Request | None = None
             try:
-                with call.build(self.http) as request:
-                    started = time.monotonic()
+                with attempts.build(self.http) as request:
                     response = self.http.send(request, stream=True)
                     if read or response.status_code >= 400:
                         try:  # a body that breaks off is retried like a lost answer
@@ -177,17 +188,12 @@ class Transport:
                         finally:
                             response.close()
             except httpx.TransportError as exc:
-                self.sleep(failed_delay(call, connection_error(request, exc), exc, retry, limit))
-                retry += 1
+                self.sleep(attempts.failed(exc))
                 continue
-            log_answer(call, request, response, started)
-            if response.status_code < 400:
-                return response
-            delay = retry_delay(call, response, retry, limit)
+            delay = attempts.answered(response)
             if delay is None:
-                raise errors.error_for(response)
+                return response
             self.sleep(delay)
-            retry += 1
 
 
 class AsyncTransport:
@@ -218,12 +224,10 @@ class AsyncTransport:
             await response.aclose()
 
     async def _send(self, call: Call, limit: int, read: bool) -> httpx.Response:
-        retry = 0
+        attempts = Attempts(call, limit)
         while True:
-            request: httpx.Request | None = None
             try:
-                with call.build(self.http) as request:
-                    started = time.monotonic()
+                with attempts.build(self.http) as request:
                     response = await self.http.send(request, stream=True)
                     if read or response.status_code >= 400:
                         try:
@@ -231,14 +235,9 @@ class AsyncTransport:
                         finally:
                             await response.aclose()
             except httpx.TransportError as exc:
-                await self.sleep(failed_delay(call, connection_error(request, exc), exc, retry, limit))
-                retry += 1
+                await self.sleep(attempts.failed(exc))
                 continue
-            log_answer(call, request, response, started)
-            if response.status_code < 400:
-                return response
-            delay = retry_delay(call, response, retry, limit)
+            delay = attempts.answered(response)
             if delay is None:
-                raise errors.error_for(response)
+                return response
             await self.sleep(delay)
-            retry += 1

@@ -54,7 +54,7 @@ class APIStatusError(APIError):
     when reporting a bug, ``body`` the whole problem document.
     """
 
-    status: int
+    status: int  # on the class: the status it stands for (from _BY_STATUS); on an error: the answer's
 
     def __init__(self, response: httpx.Response, body: dict[str, Any]) -> None:
         self.response = response
@@ -73,29 +73,23 @@ class APIStatusError(APIError):
 
 
 class BadRequestError(APIStatusError):
-    status = 400
+    """400: the server could not parse the request body."""
 
 
 class AuthenticationError(APIStatusError):
     """401: the token is missing, wrong or revoked."""
 
-    status = 401
-
 
 class PermissionDeniedError(APIStatusError):
-    status = 403
+    """403: the token may not do this."""
 
 
 class NotFoundError(APIStatusError):
     """404: no such model, dataset, job or artifact in your account."""
 
-    status = 404
-
 
 class ConflictError(APIStatusError):
     """409: the resource is not in a state that allows this."""
-
-    status = 409
 
 
 class NotReady(ConflictError):
@@ -115,17 +109,15 @@ class StorageQuotaExceeded(PermissionDeniedError):
 
 
 class PayloadTooLarge(APIStatusError):
-    status = 413
+    """413: the upload is larger than the server allows."""
 
 
 class UnsupportedMediaType(APIStatusError):
-    status = 415
+    """415: the body is not of a type the server takes here."""
 
 
 class UnprocessableError(APIStatusError):
     """422: the request was understood and refused."""
-
-    status = 422
 
 
 class InvalidRequest(UnprocessableError):
@@ -145,15 +137,15 @@ class ModelRejected(UnprocessableError):
 
 
 class ModelTooLarge(ModelRejected):
-    pass
+    """422: the model declares more than the server allows."""
 
 
 class UnsafeArchive(ModelRejected):
-    pass
+    """422: the uploaded archive is unsafe to unpack."""
 
 
 class UnsafeExternalData(ModelRejected):
-    pass
+    """422: the model's external data is unsafe to read."""
 
 
 class DatasetRejected(UnprocessableError):
@@ -169,7 +161,7 @@ class NotRetrainable(UnprocessableError):
 
 
 class RateLimited(APIStatusError):
-    status = 429
+    """429: too many requests; retried (honouring Retry-After) before it reaches you."""
 
 
 class QuotaExceeded(RateLimited):
@@ -183,17 +175,13 @@ class JobTooLarge(UnprocessableError):
 class ServerError(APIStatusError):
     """5xx: the server failed; retried before it reaches you."""
 
-    status = 500
-
 
 class ServiceUnavailable(ServerError):
-    status = 503
+    """503: a service the request needs is unavailable; retried before it reaches you."""
 
 
 class InsufficientStorage(ServerError):
     """507: the server is out of storage; retried (honouring Retry-After) before it reaches you."""
-
-    status = 507
 
 
 class WaitTimeout(ModelpressError, TimeoutError):
@@ -230,6 +218,7 @@ _BY_KIND: dict[str, type[APIStatusError]] = {
     "insufficient-storage": InsufficientStorage,
     "internal-error": ServerError,
 }
+# the class of an answer whose problem type is not one of ours (a proxy's), by its status
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -240,9 +229,12 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     415: UnsupportedMediaType,
     422: UnprocessableError,
     429: RateLimited,
+    500: ServerError,
     503: ServiceUnavailable,
     507: InsufficientStorage,
 }
+for _status, _cls in _BY_STATUS.items():
+    _cls.status = _status  # subclasses inherit it
 
 
 def error_for(response: httpx.Response) -> APIStatusError:

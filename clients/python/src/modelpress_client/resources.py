@@ -10,17 +10,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from modelpress_client import errors
-from modelpress_client._http import Transport, backoff, log, retry_after
+from modelpress_client._http import AsyncTransport, Transport, backoff, log, retry_after
 from modelpress_client.bundle import NotOnnx, bundle, external_data
 from modelpress_client.types import Dataset, Job, Model, Page
 
 R = TypeVar("R", bound=BaseModel)
+TransportT = TypeVar("TransportT", Transport, AsyncTransport)
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds between GETs when the event stream is unavailable
 SSE_IDLE = 60.0  # reconnect the event stream after this long without an event
@@ -28,6 +29,9 @@ MAX_OUTAGE = 900.0  # without a timeout, wait() rides out this long an unreachab
 OUTAGE_POLL = 2.0  # seconds between tries while the server is unreachable
 # what a wait rides out: the server restarting or a proxy in front of it failing for a while
 TRANSIENT = (errors.APIConnectionError, errors.ServerError, errors.RateLimited)
+# what makes a wait reopen the event stream or fall back to polling (see Wait.reconnects_after)
+EVENTS_FAILURES = (httpx.HTTPError, ValueError, errors.APIConnectionError, errors.APIStatusError)
+DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=300.0)  # a large artifact streams for a while
 
 
 def _page(transport: Transport, path: str, record: type[R], params: dict[str, Any]) -> Page[R]:
@@ -43,9 +47,29 @@ def _iterate(fetch: Callable[[int], Page[R]]) -> Iterator[R]:
         offset = page.next_offset
 
 
-class Models:
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
+class Resource(Generic[TransportT]):
+    """One part of the API (models, datasets, jobs, sweeps), over the client's transport."""
+
+    def __init__(self, transport: TransportT) -> None:
+        self._t: TransportT = transport
+
+
+class _Records(Resource[Transport], Generic[R]):
+    """The pages of one kind of record (models, datasets)."""
+
+    _path: str
+    _record: type[R]
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> Page[R]:
+        return _page(self._t, self._path, self._record, {"limit": limit, "offset": offset})
+
+    def iter(self) -> Iterator[R]:
+        """Every record in the account, page by page."""
+        return _iterate(lambda offset: self.list(limit=200, offset=offset))
+
+
+class Models(_Records[Model]):
+    _path, _record = "/v1/models", Model
 
     def upload(self, path: str | os.PathLike[str]) -> Model:
         """Upload an ``.onnx`` file, or a ``.zip`` of one ``.onnx`` and its external data.
@@ -61,21 +85,13 @@ class Models:
     def get(self, model_id: str) -> Model:
         return Model.model_validate(self._t.request("GET", f"/v1/models/{model_id}").json())
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> Page[Model]:
-        return _page(self._t, "/v1/models", Model, {"limit": limit, "offset": offset})
-
-    def iter(self) -> Iterator[Model]:
-        """Every model in the account, page by page."""
-        return _iterate(lambda offset: self.list(limit=200, offset=offset))
-
     def delete(self, model_id: str) -> None:
         """Delete the model and its files; ``InUse`` while jobs name it (delete those first)."""
         self._t.request("DELETE", f"/v1/models/{model_id}")
 
 
-class Datasets:
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
+class Datasets(_Records[Dataset]):
+    _path, _record = "/v1/datasets", Dataset
 
     def upload(self, path: str | os.PathLike[str]) -> Dataset:
         """Upload an ``.npz`` with ``x`` (and optionally ``y``, ``x_val``, ``y_val``)."""
@@ -91,12 +107,6 @@ class Datasets:
 
     def get(self, dataset_id: str) -> Dataset:
         return Dataset.model_validate(self._t.request("GET", f"/v1/datasets/{dataset_id}").json())
-
-    def list(self, *, limit: int = 50, offset: int = 0) -> Page[Dataset]:
-        return _page(self._t, "/v1/datasets", Dataset, {"limit": limit, "offset": offset})
-
-    def iter(self) -> Iterator[Dataset]:
-        return _iterate(lambda offset: self.list(limit=200, offset=offset))
 
     def delete(self, dataset_id: str) -> None:
         """Delete the dataset and its file; ``InUse`` while jobs name it (delete those first)."""
@@ -193,10 +203,7 @@ def _submit(transport: Transport, path: str, body: dict[str, Any], key: str | No
     return Job.model_validate(transport.request("POST", path, json=body, headers=headers).json())
 
 
-class Jobs:
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
-
+class Jobs(Resource[Transport]):
     def create(
         self,
         model_id: str,
@@ -272,39 +279,20 @@ class Jobs:
         ``path`` defaults to ``./name``; a folder gets ``name`` inside it. The file appears
         whole or not at all: it is written to a temporary file beside it and renamed.
         """
-        target = Path(path) if path is not None else Path(name)
-        if target.is_dir():
-            target = target / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        retry = 0
+        download = Download(job_id, name, path, self._t.max_retries)
         while True:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
                 with (
-                    os.fdopen(fd, "wb") as out,
-                    self._t.stream(
-                        "GET",
-                        f"/v1/jobs/{job_id}/artifacts/{name}",
-                        timeout=httpx.Timeout(30.0, read=300.0),
-                    ) as response,
+                    download.file() as out,
+                    self._t.stream("GET", download.path, timeout=DOWNLOAD_TIMEOUT) as response,
                 ):
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
                     out.flush()
                     os.fsync(out.fileno())
-                os.replace(tmp, target)
-                return target
+                return download.target
             except httpx.TransportError as exc:  # the body broke off: start the file again
-                _unlink(tmp)
-                if retry >= self._t.max_retries:
-                    raise errors.APIConnectionError(
-                        None, f"the download of {name} from {job_id} broke off ({exc}); try again."
-                    ) from exc
-                self._t.sleep(backoff(retry))
-                retry += 1
-            except BaseException:
-                _unlink(tmp)
-                raise
+                self._t.sleep(download.broke_off(exc))
 
     def wait(
         self,
@@ -324,72 +312,35 @@ class Jobs:
         stderr; ``on_update`` sees every new state. Raises
         :class:`~modelpress_client.errors.WaitTimeout` after ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        watcher = Watcher(job_id, progress, on_update)
-        seen = watcher.seen
-        outage = Outage(job_id, deadline)
-        try:
-            job = self._follow_events(job_id, deadline, seen)
+        with Wait(job_id, progress, timeout, poll_interval, on_update) as wait:
+            job = self._follow_events(wait)
             while job is None or not job.done:
                 try:
-                    job, hint = self._poll(job_id)
+                    response = self._t.request("GET", f"/v1/jobs/{job_id}")
                 except TRANSIENT as exc:  # the server restarts, or is briefly unreachable
-                    time.sleep(outage.failed(exc))
+                    time.sleep(wait.unreachable(exc))
                     continue
-                outage.recovered()
-                seen(job)
-                if job.done:
-                    break
-                remaining = float("inf") if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise errors.WaitTimeout(job_id, timeout or 0.0, job.status)
-                time.sleep(min(poll_interval if hint is None else hint, remaining))
+                job, delay = wait.polled(response)
+                if delay is not None:
+                    time.sleep(delay)
             return job
-        finally:
-            watcher.close()
 
-    def _poll(self, job_id: str) -> tuple[Job, float | None]:
-        response = self._t.request("GET", f"/v1/jobs/{job_id}")
-        return Job.model_validate(response.json()), retry_after(response)
-
-    def _follow_events(self, job_id: str, deadline: float | None, seen: Callable[[Job], None]) -> Job | None:
+    def _follow_events(self, wait: Wait) -> Job | None:
         """The job in a terminal state, read from the event stream; None if the stream failed
         (the caller then polls). 401/404 and other refusals are raised, not papered over."""
         while True:
-            idle = events_idle(deadline)
             try:
-                with self._t.stream(
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    headers={"Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(30.0, read=idle),
-                    max_retries=0,
-                ) as response:
-                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                        log.debug("events of %s: not an event stream; polling instead", job_id)
+                with self._t.stream("GET", wait.events_path, **wait.events_options()) as response:
+                    if not is_event_stream(response, wait.job_id):
                         return None
                     for event, data in _sse(response.iter_lines()):
-                        job = event_job(event, data)
-                        if job is None:
-                            continue
-                        seen(job)
-                        if event == "end" or job.done:
+                        stop, job = wait.event(event, data)
+                        if stop:
                             return job
-                        if deadline is not None and time.monotonic() >= deadline:
-                            return None  # out of time: one last look by polling, then WaitTimeout
                 return None  # the stream closed early: poll for the rest
-            except httpx.ReadTimeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None  # out of time: one last look by polling, then WaitTimeout
-                continue  # a quiet stretch (a long epoch): reconnect, the server resends the state
-            except (errors.APIConnectionError, errors.ServerError, httpx.HTTPError, ValueError) as exc:
-                log.debug("events of %s failed (%r); polling instead", job_id, exc)
-                return None
-            except errors.APIStatusError as exc:
-                if exc.status in (401, 403, 404):
-                    raise
-                log.debug("events of %s answered %s; polling instead", job_id, exc.status)
-                return None
+            except EVENTS_FAILURES as exc:
+                if not wait.reconnects_after(exc):
+                    return None
 
 
 class Watcher:
@@ -414,16 +365,6 @@ class Watcher:
             self.bar.close()
 
 
-def events_idle(deadline: float | None) -> float:
-    """How long the event stream may stay silent before it is reopened."""
-    return SSE_IDLE if deadline is None else max(0.01, min(SSE_IDLE, deadline - time.monotonic()))
-
-
-def event_job(event: str, data: str) -> Job | None:
-    """The job an event carries (progress and end events); None for any other event."""
-    return Job.model_validate(json.loads(data)) if event in ("progress", "end") else None
-
-
 class Outage:
     """How long the server has been unreachable during a wait, and whether to keep waiting."""
 
@@ -445,9 +386,128 @@ class Outage:
         self.since = None
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+class Wait:
+    """One ``jobs.wait`` apart from its requests and sleeps, which the sync and async clients
+    do: when it gives up, what it has shown, how long the server has been away, and what each
+    event or poll means for it."""
+
+    def __init__(
+        self,
+        job_id: str,
+        progress: bool,
+        timeout: float | None,
+        poll_interval: float,
+        on_update: Callable[[Job], None] | None,
+    ) -> None:
+        self.job_id, self.timeout, self.poll_interval = job_id, timeout, poll_interval
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.events_path = f"/v1/jobs/{job_id}/events"
+        self.watcher = Watcher(job_id, progress, on_update)
+        self.outage = Outage(job_id, self.deadline)
+
+    def __enter__(self) -> Wait:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.watcher.close()
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def events_options(self) -> dict[str, Any]:
+        """How to open the event stream: not retried (polling is the fallback), and reopened
+        after a silence of :data:`SSE_IDLE` seconds or what is left of the timeout."""
+        left = float("inf") if self.deadline is None else self.deadline - time.monotonic()
+        idle = max(0.01, min(SSE_IDLE, left))
+        headers = {"Accept": "text/event-stream"}
+        return {"headers": headers, "timeout": httpx.Timeout(30.0, read=idle), "max_retries": 0}
+
+    def event(self, event: str, data: str) -> tuple[bool, Job | None]:
+        """What one event of the stream means: ``(True, job)`` when the job ended, ``(True,
+        None)`` when time ran out (one last look by polling, then WaitTimeout), ``(False, None)``
+        to read on."""
+        if event not in ("progress", "end"):
+            return False, None
+        job = Job.model_validate(json.loads(data))
+        self.watcher.seen(job)
+        if event == "end" or job.done:
+            return True, job
+        return self.out_of_time(), None
+
+    def reconnects_after(self, exc: Exception) -> bool:
+        """After the event stream failed with ``exc`` (one of :data:`EVENTS_FAILURES`): True to
+        open it again, False to poll instead. A refusal (401, 403, 404) is raised."""
+        if isinstance(exc, httpx.ReadTimeout):  # a quiet stretch (a long epoch): the server resends the state
+            return not self.out_of_time()
+        if isinstance(exc, errors.APIStatusError) and not isinstance(exc, errors.ServerError):
+            if exc.status in (401, 403, 404):
+                raise exc
+            log.debug("events of %s answered %s; polling instead", self.job_id, exc.status)
+            return False
+        log.debug("events of %s failed (%r); polling instead", self.job_id, exc)
+        return False
+
+    def unreachable(self, exc: errors.APIError) -> float:
+        """Seconds to sleep before polling again; raises ``exc`` when out of time."""
+        return self.outage.failed(exc)
+
+    def polled(self, response: httpx.Response) -> tuple[Job, float | None]:
+        """The job a poll answered, and seconds until the next poll (None when the job is done:
+        every terminal state ends the wait). Raises WaitTimeout when out of time."""
+        job = Job.model_validate(response.json())
+        self.outage.recovered()
+        self.watcher.seen(job)
+        if job.done:
+            return job, None
+        remaining = float("inf") if self.deadline is None else self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.WaitTimeout(self.job_id, self.timeout or 0.0, job.status)
+        hint = retry_after(response)
+        return job, min(self.poll_interval if hint is None else hint, remaining)
+
+
+def is_event_stream(response: httpx.Response, job_id: str) -> bool:
+    """Whether the events request got a stream (a proxy may answer otherwise: then poll)."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return True
+    log.debug("events of %s: not an event stream; polling instead", job_id)
+    return False
+
+
+class Download:
+    """One ``jobs.download`` apart from its requests and sleeps: where the file goes, writing it
+    whole or not at all, and whether to start again when the body breaks off."""
+
+    def __init__(self, job_id: str, name: str, path: str | os.PathLike[str] | None, limit: int) -> None:
+        target = Path(path) if path is not None else Path(name)
+        self.target = target / name if target.is_dir() else target
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.job_id, self.name, self.limit, self.retry = job_id, name, limit, 0
+        self.path = f"/v1/jobs/{job_id}/artifacts/{name}"
+
+    @contextlib.contextmanager
+    def file(self) -> Iterator[BinaryIO]:
+        """A temporary file beside the target that replaces it when the block succeeds and is
+        removed otherwise, so that the target appears whole or not at all."""
+        target = self.target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def broke_off(self, exc: httpx.TransportError) -> float:
+        """Seconds to wait before starting the file again; raises when retries are spent."""
+        if self.retry >= self.limit:
+            raise errors.APIConnectionError(
+                None, f"the download of {self.name} from {self.job_id} broke off ({exc}); try again."
+            ) from exc
+        self.retry += 1
+        return backoff(self.retry - 1)
 
 
 class SseParser:
@@ -487,10 +547,7 @@ def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
         yield last
 
 
-class Sweeps:
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
-
+class Sweeps(Resource[Transport]):
     def create(
         self,
         model_id: str,
