@@ -41,15 +41,13 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +61,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
-from benchmarks_doc import DOCS, add_render_only, render_only, write_section
+from benchmarks_doc import add_render_only, environment, markdown_table, render_only, save_results
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
@@ -101,12 +99,16 @@ LAYOUT_KERNELS = frozenset({"ReorderInput", "ReorderOutput"})
 @dataclass(frozen=True)
 class Settings:
     quick: bool
-    threads: int
     latency_rounds: int  # rounds of (original, each compressed model) in rotating order
     min_runs: int  # per measure_latency call and batch
     max_seconds: float  # per measure_latency call and batch
-    warmup: int
     profile_runs: dict[int, int]  # batch -> profiled runs
+    threads: int = 1  # onnxruntime intra-op threads (--threads)
+    warmup: int = 1
+
+
+FULL = Settings(False, latency_rounds=4, min_runs=3, max_seconds=1.0, profile_runs={1: 10, 32: 2})
+QUICK = Settings(True, latency_rounds=1, min_runs=2, max_seconds=0.2, profile_runs={1: 2, 32: 1})
 
 
 class WideMLP(nn.Module):
@@ -487,21 +489,6 @@ def rounded_entry(
 # --- output ---------------------------------------------------------------------------------
 
 
-def environment(settings: Settings, load_start: float) -> dict[str, Any]:
-    versions = library_versions()
-    versions["torchvision"] = torchvision.__version__
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "ort_intra_op_threads": settings.threads,
-        "blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg()[0],
-        "versions": versions,
-    }
-
-
 def miss_text(value: float, goal: float, higher_is_better: bool) -> str:
     if (value >= goal) if higher_is_better else (value <= goal):
         return "met"
@@ -509,11 +496,23 @@ def miss_text(value: float, goal: float, higher_is_better: bool) -> str:
     return f"**missed** by {gap:.2f} ({gap / goal:.0%})"
 
 
+def each_target(results: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(model, target entry) for every model and MAC target in ``results``."""
+    for model in results["models"]:
+        for entry in model["targets"]:
+            yield model, entry
+
+
+def each_point(results: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(model, target entry, latency at one batch) for every latency measured in ``results``."""
+    for model, entry in each_target(results):
+        for lat in entry["latency"].values():
+            yield model, entry, lat
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
-        SECTION,
-        "",
         f"Measured {env['date']} on {env['cpu_count']} CPU cores ({env['machine']}), onnxruntime "
         f"{env['versions'].get('onnxruntime')} with **{env['ort_intra_op_threads']} intra-op thread(s)**, "
         f"whole script {results['wall_seconds'] / 60:.1f} min. Models have random weights (speed does not "
@@ -528,45 +527,40 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"### Speedup ÷ MACs reduction (goal ≥ {SPEEDUP_GOAL})",
         "",
-        "| model | target MACs | batch | MACs after/before | params after/before | latency before (ms) "
-        "| latency after (ms) | speedup (per-round range) | MACs reduction | speedup ÷ MACs reduction "
-        "| goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model in results["models"]:
-        for entry in model["targets"]:
-            for lat in entry["latency"].values():
-                lines.append(
-                    f"| {model['name']} | {entry['target_macs']} | {lat['batch']} "
-                    f"| {entry['macs_ratio']:.3f} "
-                    f"| {entry['params_ratio']:.3f} | {lat['before_ms']:.2f} | {lat['after_ms']:.2f} "
-                    f"| {lat['speedup']:.2f}× ({spread(per_round(lat))}) "
-                    f"| {lat['macs_reduction']:.2f}× "
-                    f"| {lat['speedup_per_macs_reduction']:.2f} "
-                    f"| {miss_text(lat['speedup_per_macs_reduction'], SPEEDUP_GOAL, True)} |"
-                )
-    lines += [
+        *markdown_table(
+            "model | target MACs | batch | MACs after/before | params after/before | latency before (ms) "
+            "| latency after (ms) | speedup (per-round range) | MACs reduction | speedup ÷ MACs reduction "
+            "| goal",
+            [
+                [
+                    model["name"],
+                    entry["target_macs"],
+                    lat["batch"],
+                    f"{entry['macs_ratio']:.3f}",
+                    f"{entry['params_ratio']:.3f}",
+                    f"{lat['before_ms']:.2f}",
+                    f"{lat['after_ms']:.2f}",
+                    f"{lat['speedup']:.2f}× ({spread(per_round(lat))})",
+                    f"{lat['macs_reduction']:.2f}×",
+                    f"{lat['speedup_per_macs_reduction']:.2f}",
+                    miss_text(lat["speedup_per_macs_reduction"], SPEEDUP_GOAL, True),
+                ]
+                for model, entry, lat in each_point(results)
+            ],
+        ),
         "",
         "Where the time goes (onnxruntime profiler, ms per run, after its graph fusions): MAC kernels "
         "(Conv/FusedConv/Gemm), NCHWc layout reorders, and everything else (unfused Add/Relu, pooling).",
         "",
-        "| model | target MACs | batch | MAC kernels before → after | MAC-kernel speedup | reorders before → "
-        "after | other before → after |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model in results["models"]:
-        for entry in model["targets"]:
-            for lat in entry["latency"].values():
-                b, a = lat["split_before_ms"], lat["split_after_ms"]
-                lines.append(
-                    f"| {model['name']} | {entry['target_macs']} | {lat['batch']} "
-                    f"| {b['mac_kernels_ms']:.2f} → {a['mac_kernels_ms']:.2f} "
-                    f"| {b['mac_kernels_ms'] / a['mac_kernels_ms']:.2f}× "
-                    f"| {b['layout_reorder_ms']:.2f} → {a['layout_reorder_ms']:.2f} "
-                    f"| {b['other_ms']:.2f} → {a['other_ms']:.2f} |"
-                )
-    lines += diagnostic_table(results)
-    lines += [
+        *markdown_table(
+            "model | target MACs | batch | MAC kernels before → after | MAC-kernel speedup "
+            "| reorders before → after | other before → after",
+            [
+                [model["name"], entry["target_macs"], lat["batch"], *split_cells(lat)]
+                for model, entry, lat in each_point(results)
+            ],
+        ),
+        *diagnostic_table(results),
         "",
         f"### Pipeline time ÷ bare SVD time (goal ≤ {PIPELINE_GOAL})",
         "",
@@ -575,34 +569,77 @@ def markdown(results: dict[str, Any]) -> str:
         "matrices, timed back to back with it (order alternating by target), both with "
         f"{env['blas_threads']} BLAS thread(s).",
         "",
-        "| model | target MACs | matrices | bare SVD (s) | compress (s) | write (s) | pipeline (s) "
-        "| pipeline ÷ SVD | goal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            "model | target MACs | matrices | bare SVD (s) | compress (s) | write (s) | pipeline (s) "
+            "| pipeline ÷ SVD | goal",
+            [
+                [
+                    model["name"],
+                    entry["target_macs"],
+                    entry["layers_eligible"],
+                    *pipeline_cells(entry["pipeline"]),
+                ]
+                for model, entry in each_target(results)
+            ],
+        ),
+        "",
+        *explanation(results),
+        "",
     ]
-    for model in results["models"]:
-        for entry in model["targets"]:
-            p = entry["pipeline"]
-            lines.append(
-                f"| {model['name']} | {entry['target_macs']} | {entry['layers_eligible']} "
-                f"| {p['bare_svd_s']:.2f} | {p['compress_s']:.2f} | {p['write_s']:.2f} "
-                f"| {p['pipeline_s']:.2f} | {p['ratio']:.2f} "
-                f"| {miss_text(p['ratio'], PIPELINE_GOAL, False)} |"
-            )
-    lines += ["", *explanation(results), ""]
     return "\n".join(lines)
 
 
-def diagnostic_table(results: dict[str, Any]) -> list[str]:
-    rows = [
-        (model, entry, entry["rounded_ranks_diagnostic"])
-        for model in results["models"]
-        for entry in model["targets"]
-        if "rounded_ranks_diagnostic" in entry
+def split_cells(lat: dict[str, Any]) -> list[str]:
+    """The kernel-split columns of one latency point: MAC kernels before → after and their speedup,
+    layout reorders before → after, other kernels before → after."""
+    b, a = lat["split_before_ms"], lat["split_after_ms"]
+    return [
+        f"{b['mac_kernels_ms']:.2f} → {a['mac_kernels_ms']:.2f}",
+        f"{b['mac_kernels_ms'] / a['mac_kernels_ms']:.2f}×",
+        f"{b['layout_reorder_ms']:.2f} → {a['layout_reorder_ms']:.2f}",
+        f"{b['other_ms']:.2f} → {a['other_ms']:.2f}",
     ]
-    if not rows:
+
+
+def pipeline_cells(p: dict[str, Any]) -> list[str]:
+    """The timing columns of one target: bare SVD, compress, write and pipeline seconds, the
+    pipeline ÷ SVD ratio and whether it met its goal."""
+    return [
+        f"{p['bare_svd_s']:.2f}",
+        f"{p['compress_s']:.2f}",
+        f"{p['write_s']:.2f}",
+        f"{p['pipeline_s']:.2f}",
+        f"{p['ratio']:.2f}",
+        miss_text(p["ratio"], PIPELINE_GOAL, False),
+    ]
+
+
+def diagnostic_table(results: dict[str, Any]) -> list[str]:
+    diagnosed = [
+        (model, entry) for model, entry in each_target(results) if "rounded_ranks_diagnostic" in entry
+    ]
+    if not diagnosed:
         return []
-    block = rows[0][2]["block"]
-    lines = [
+    block = diagnosed[0][1]["rounded_ranks_diagnostic"]["block"]
+    rows = []
+    for model, entry in diagnosed:
+        diag = entry["rounded_ranks_diagnostic"]
+        for batch, lat in diag["latency"].items():
+            plain = entry["latency"][batch]
+            rows.append(
+                [
+                    model["name"],
+                    entry["target_macs"],
+                    batch,
+                    f"{diag['macs_ratio']:.3f}",
+                    f"{lat['after_ms']:.2f}",
+                    f"{lat['speedup']:.2f}× "
+                    f"({spread(paired(plain['before_round_medians_ms'], lat['after_round_medians_ms']))})",
+                    f"{lat['speedup_per_macs_reduction']:.2f}",
+                    f"{lat['after_ms'] / plain['after_ms']:.2f}×",
+                ]
+            )
+    return [
         "",
         f"### Diagnostic: conv ranks rounded up to a multiple of {block}",
         "",
@@ -610,37 +647,19 @@ def diagnostic_table(results: dict[str, Any]) -> list[str]:
         "onnxruntime's NCHWc channel block on this CPU, timed in the same rounds as the table above. "
         "Not a goal measurement: these models keep more MACs than the target asked for.",
         "",
-        "| model | target MACs | batch | MACs after/before | latency after (ms) | speedup (per-round range) "
-        "| speedup ÷ MACs reduction | latency vs. unrounded ranks |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            "model | target MACs | batch | MACs after/before | latency after (ms) "
+            "| speedup (per-round range) | speedup ÷ MACs reduction | latency vs. unrounded ranks",
+            rows,
+        ),
     ]
-    for model, entry, diag in rows:
-        for batch, lat in diag["latency"].items():
-            plain = entry["latency"][batch]
-            lines.append(
-                f"| {model['name']} | {entry['target_macs']} | {batch} | {diag['macs_ratio']:.3f} "
-                f"| {lat['after_ms']:.2f} | {lat['speedup']:.2f}× "
-                f"({spread(paired(plain['before_round_medians_ms'], lat['after_round_medians_ms']))}) "
-                f"| {lat['speedup_per_macs_reduction']:.2f} "
-                f"| {lat['after_ms'] / plain['after_ms']:.2f}× |"
-            )
-    return lines
 
 
 def explanation(results: dict[str, Any]) -> list[str]:
     """Why goals were missed, stated from the measured kernel split."""
-    misses = [
-        (model, entry, lat)
-        for model in results["models"]
-        for entry in model["targets"]
-        for lat in entry["latency"].values()
-        if not lat["goal_met"]
-    ]
+    misses = [(model, entry, lat) for model, entry, lat in each_point(results) if not lat["goal_met"]]
     slow_pipelines = [
-        (model, entry)
-        for model in results["models"]
-        for entry in model["targets"]
-        if not entry["pipeline"]["goal_met"]
+        (model, entry) for model, entry in each_target(results) if not entry["pipeline"]["goal_met"]
     ]
     if not misses and not slow_pipelines:
         return ["All goals were met in this run."]
@@ -711,26 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render_only:
         return render_only(SECTION, RESULTS, markdown)
-    if args.quick:
-        settings = Settings(
-            True,
-            args.threads,
-            latency_rounds=1,
-            min_runs=2,
-            max_seconds=0.2,
-            warmup=1,
-            profile_runs={1: 2, 32: 1},
-        )
-    else:
-        settings = Settings(
-            False,
-            args.threads,
-            latency_rounds=4,
-            min_runs=3,
-            max_seconds=1.0,
-            warmup=1,
-            profile_runs={1: 10, 32: 2},
-        )
+    settings = replace(QUICK if args.quick else FULL, threads=args.threads)
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
     log(
@@ -755,20 +755,18 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": settings.warmup,
             "profile_runs": settings.profile_runs,
         },
-        "environment": environment(settings, load_start),
+        "environment": environment(
+            {**library_versions(), "torchvision": torchvision.__version__},
+            ort_intra_op_threads=settings.threads,
+            blas_threads=os.environ["OPENBLAS_NUM_THREADS"],
+            load_average_start=load_start,
+            load_average_end=os.getloadavg()[0],
+        ),
         "models": models,
         "wall_seconds": time.perf_counter() - started,
     }
-    out = QUICK_RESULTS if settings.quick else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    section = markdown(results)
-    log("\n" + section)
-    if not settings.quick:
-        write_section(SECTION, section)
-        log(f"wrote {out.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
-    else:
-        log(f"wrote {out.relative_to(ROOT)} (quick run: committed results left alone)")
+    save_results(results, QUICK_RESULTS if settings.quick else RESULTS, SECTION, markdown, settings.quick)
+    log("\n" + markdown(results))
     log(f"total {results['wall_seconds']:.0f} s")
     return 0
 

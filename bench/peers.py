@@ -39,6 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks_doc import write_marked  # noqa: E402
+
 from compressors import CompressOptions, Evaluation, Target, compress, load_dataset, load_model  # noqa: E402
 from compressors.intake.datasets import Dataset  # noqa: E402
 from compressors.intake.loading import LoadedModel  # noqa: E402
@@ -180,16 +182,7 @@ def finetune_torch(module: torch.nn.Module, data: Dataset, epochs: int) -> None:
     """Adam, lr 1e-3, batch 64 on the training split: modelpress's fine-tuning defaults."""
     torch.manual_seed(0)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)  # type: ignore[arg-type]
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-    module.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = order[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(module(x[idx]), y[idx]).backward()
-            opt.step()
-    module.eval()
+    digits.fit(module, x, y, epochs)
 
 
 def torch_pruned(module: torch.nn.Module, image: bool, target: float) -> tuple[torch.nn.Module, float]:
@@ -335,16 +328,7 @@ def main() -> None:
               "rounds": rounds, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     path.write_text(json.dumps(result, indent=1, default=float))
     tables = render(result)
-    doc = DOCS / "peers.md"
-    text = (
-        doc.read_text()
-        if doc.exists()
-        else "# modelpress and its peers\n\n<!-- tables -->\n<!-- /tables -->\n"
-    )
-    head, _, rest = text.partition("<!-- tables -->")
-    _, _, tail = rest.partition("<!-- /tables -->")
-    doc.write_text(f"{head}<!-- tables -->\n{tables}\n<!-- /tables -->{tail}")
-    print(tables)
+    write_marked(DOCS / "peers.md", "tables", tables, "# modelpress and its peers")
 
 
 def run_aimet(names: list[str]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks_doc import write_marked  # noqa: E402
+
 from compressors.curves import Curve, Point, SweepSpec, plot_curve, sweep  # noqa: E402
 from compressors.intake.datasets import load_dataset  # noqa: E402
 from compressors.intake.loading import load_model  # noqa: E402
@@ -283,14 +285,7 @@ def write_weighting(runs: dict[str, dict], seeds: list[int], seconds: float) -> 
         for name, run in review["weighting"].items()
     }
     table = render_weighting(saved, seeds, seconds)
-    doc = DOCS / "review.md"
-    text = doc.read_text() if doc.exists() else ""
-    if "<!-- weighting -->" not in text:
-        text += "\n## Truncation weighted by activations\n\n<!-- weighting -->\n<!-- /weighting -->\n"
-    head, _, rest = text.partition("<!-- weighting -->")
-    _, _, tail = rest.partition("<!-- /weighting -->")
-    doc.write_text(f"{head}<!-- weighting -->\n{table}\n<!-- /weighting -->{tail}")
-    print(table)
+    write_marked(DOCS / "review.md", "weighting", table, "\n## Truncation weighted by activations")
 
 
 def render_weighting(runs: dict[str, dict], seeds: list[int], seconds: float) -> str:
@@ -387,16 +382,7 @@ def write_outputs(runs: dict[str, dict], seeds: list[int], seconds: float) -> No
             f"(seeds {','.join(map(str, seeds))}; dashed: Pareto front)",
         )
     tables = render_tables(runs, seeds, seconds)
-    doc = DOCS / "review.md"
-    text = (
-        doc.read_text()
-        if doc.exists()
-        else "# The reviewers' comparison\n\n<!-- tables -->\n<!-- /tables -->\n"
-    )
-    head, _, rest = text.partition("<!-- tables -->")
-    _, _, tail = rest.partition("<!-- /tables -->")
-    doc.write_text(f"{head}<!-- tables -->\n{tables}\n<!-- /tables -->{tail}")
-    print(tables)
+    write_marked(DOCS / "review.md", "tables", tables, "# The reviewers' comparison")
 
 
 def render_tables(runs: dict[str, dict], seeds: list[int], seconds: float) -> str:

@@ -42,19 +42,18 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import torch
-from benchmarks_doc import DOCS, add_render_only, render_only, write_section
+from benchmarks_doc import DOCS, add_render_only, environment, render_only, write_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
 from compressors.report import library_versions
@@ -322,17 +321,6 @@ def stream_load(url: str, token: str, job_id: str, args: argparse.Namespace) -> 
     }
 
 
-def environment(load_at_start: list[float]) -> dict[str, Any]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": load_at_start,  # 1, 5, 15 min: other work sharing the cores
-        "load_average_at_end": list(os.getloadavg()),
-        "versions": {**library_versions(), "httpx": httpx.__version__},
-    }
-
-
 def epochs_seen(polls: dict[str, Any]) -> list[int]:
     rounds = polls["rounds_detail"]
     epochs = [r["job_before"]["epoch"] for r in rounds] + [r["job_after"]["epoch"] for r in rounds]
@@ -403,8 +391,6 @@ def markdown(results: dict[str, Any]) -> str:
         )
     ]
     lines = [
-        SECTION,
-        "",
         f"Measured {env['date']} on {env['cpu_count']} CPU cores ({env['machine']}); load average (1 min) "
         f"{env['load_average_at_start'][0]:.1f} at the start and {env['load_average_at_end'][0]:.1f} at the "
         "end (more than the cores means other work shared them). `modelpress serve` with the embedded "
@@ -524,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
     results = {
         "benchmark": "service",
-        "environment": environment(load_at_start),
+        "environment": environment(
+            {**library_versions(), "httpx": httpx.__version__},
+            load_average_at_start=load_at_start,  # 1, 5, 15 min: other work sharing the cores
+            load_average_at_end=list(os.getloadavg()),
+        ),
         "status_under_load": load,
         "status_idle": idle,
         "stream_load": streams,

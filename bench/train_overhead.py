@@ -43,24 +43,21 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torchvision
-from benchmarks_doc import DOCS, add_render_only, render_only, write_section
+from benchmarks_doc import add_render_only, environment, markdown_table, render_only, save_results
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/, when run as a script
@@ -373,21 +370,6 @@ def bench_model(subject: Subject, quick: bool) -> dict[str, Any]:
 # --- output -------------------------------------------------------------------------------------
 
 
-def environment(threads: int, load_at_start: list[float]) -> dict[str, Any]:
-    versions = library_versions()
-    versions["torchvision"] = torchvision.__version__
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "load_average_at_start": load_at_start,  # 1, 5, 15 min: other work sharing the cores
-        "load_average_at_end": list(os.getloadavg()),
-        "torch_version": torch.__version__,
-        "versions": versions,
-    }
-
-
 def miss_text(ratio: float) -> str:
     if ratio <= GOAL:
         return "met"
@@ -395,39 +377,55 @@ def miss_text(ratio: float) -> str:
 
 
 def table(results: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | params | steps/epoch × epochs | plain s/epoch | nuclear s/epoch | ratio (paired) "
-        "| goal | CPU-time ratio (paired) | prox every | one prox (s) | one step (s) | prox ÷ step "
-        "| stats() (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for m in results["models"]:
         paired = ", ".join(f"{r:.2f}" for r in m["paired_ratios"])
         paired_cpu = ", ".join(f"{r:.2f}" for r in m["paired_cpu_ratios"])
-        lines.append(
-            f"| {m['name']} | {m['parameters'] / 1e6:.2f} M | {m['steps_per_epoch']} × {m['epochs_per_run']} "
-            f"| {m['plain_s_per_epoch']:.3f} | {m['nuclear_s_per_epoch']:.3f} "
-            f"| {m['ratio']:.2f} ({paired}) | {miss_text(m['ratio'])} | {m['cpu_ratio']:.2f} ({paired_cpu}) "
-            f"| {m['prox_every']} | {m['prox_s']:.4f} | {m['step_s']:.4f} | {m['prox_over_step']:.1f} "
-            f"| {m['stats_s']:.4f} |"
+        rows.append(
+            [
+                m["name"],
+                f"{m['parameters'] / 1e6:.2f} M",
+                f"{m['steps_per_epoch']} × {m['epochs_per_run']}",
+                f"{m['plain_s_per_epoch']:.3f}",
+                f"{m['nuclear_s_per_epoch']:.3f}",
+                f"{m['ratio']:.2f} ({paired})",
+                miss_text(m["ratio"]),
+                f"{m['cpu_ratio']:.2f} ({paired_cpu})",
+                m["prox_every"],
+                f"{m['prox_s']:.4f}",
+                f"{m['step_s']:.4f}",
+                f"{m['prox_over_step']:.1f}",
+                f"{m['stats_s']:.4f}",
+            ]
         )
-    return lines
+    return markdown_table(
+        "model | params | steps/epoch × epochs | plain s/epoch | nuclear s/epoch | ratio (paired) "
+        "| goal | CPU-time ratio (paired) | prox every | one prox (s) | one step (s) | prox ÷ step "
+        "| stats() (s)",
+        rows,
+    )
 
 
 def breakdown(results: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | plain | nuclear − plain | in prox calls | prox calls per run | in stats() | rest |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for m in results["models"]:
         extra = m["nuclear_cpu_s_per_epoch"] - m["plain_cpu_s_per_epoch"]
         prox, stats = m["prox_cpu_s_per_epoch_in_runs"], m["stats_cpu_s_per_epoch_in_runs"]
         calls = statistics.median(n["prox_calls"] for n in m["nuclear_runs"])
-        lines.append(
-            f"| {m['name']} | {m['plain_cpu_s_per_epoch']:.3f} | {extra:.3f} | {prox:.3f} | {calls:g} "
-            f"| {stats:.3f} | {extra - prox - stats:.3f} |"
+        rows.append(
+            [
+                m["name"],
+                f"{m['plain_cpu_s_per_epoch']:.3f}",
+                f"{extra:.3f}",
+                f"{prox:.3f}",
+                f"{calls:g}",
+                f"{stats:.3f}",
+                f"{extra - prox - stats:.3f}",
+            ]
         )
-    return lines
+    return markdown_table(
+        "model | plain | nuclear − plain | in prox calls | prox calls per run | in stats() | rest", rows
+    )
 
 
 def explanation(results: dict[str, Any]) -> list[str]:
@@ -463,8 +461,6 @@ def explanation(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
-        SECTION,
-        "",
         f"Measured {env['date']} on {env['cpu_count']} CPU cores ({env['machine']}), torch "
         f"{env['torch_version']} with **{env['torch_threads']} thread(s)**, whole script "
         f"{results['wall_seconds'] / 60:.1f} min; load average (1 min) "
@@ -524,21 +520,19 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_overhead",
         "quick": args.quick,
         "goal": {"nuclear_over_plain_s_per_epoch_at_most": GOAL},
-        "environment": environment(torch.get_num_threads(), load_at_start),
+        "environment": environment(
+            {**library_versions(), "torchvision": torchvision.__version__},
+            torch_threads=torch.get_num_threads(),
+            load_average_at_start=load_at_start,  # 1, 5, 15 min: other work sharing the cores
+            load_average_at_end=list(os.getloadavg()),
+            torch_version=torch.__version__,
+        ),
         "models": models,
         "wall_seconds": time.perf_counter() - started,
     }
-    out = QUICK_RESULTS if args.quick else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    log("")
-    for line in [*table(results), "", *breakdown(results)]:
+    save_results(results, QUICK_RESULTS if args.quick else RESULTS, SECTION, markdown, args.quick)
+    for line in ["", *table(results), "", *breakdown(results), ""]:
         log(line)
-    if not args.quick:
-        write_section(SECTION, markdown(results))
-        log(f"\nwrote {out.relative_to(ROOT)} and the section of {DOCS.relative_to(ROOT)}")
-    else:
-        log(f"\nwrote {out.relative_to(ROOT)} (quick run: committed results left alone)")
     log(f"total {results['wall_seconds']:.0f} s")
     return 0
 

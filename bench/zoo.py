@@ -48,21 +48,16 @@ sys.path.insert(0, str(HERE))
 
 import zoo_models  # noqa: E402
 
+from compressors import METHODS as REGISTERED  # noqa: E402
+
 CACHE = HERE / ".cache" / "zoo"
 RESULTS = HERE / "results" / "zoo.json"
 PARTIAL = HERE / ".cache" / "zoo.partial.json"
 DOCS = ROOT / "docs" / "zoo.md"
-METHODS = ("svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune")
-RANK_FLAGS = {
-    "svd": ["--target-macs", "0.5"],
-    "nuclear": ["--target-macs", "0.5"],
-    "l2": ["--target-macs", "0.5"],
-    "group_lasso": ["--target-macs", "0.5"],
-    "l1": ["--target-params", "0.5"],
-    "variational": ["--target-params", "0.5"],
-    "prune": ["--target-params", "0.5"],
-}
-TRAINED = {"nuclear", "l2", "l1", "group_lasso", "variational"}
+METHODS = ("svd", "nuclear", "l2", "l1", "group_lasso", "variational", "prune")  # the matrix's columns
+# every method is asked for half of what it can shrink: MACs, or params where it only sparsifies
+RANK_FLAGS = {method: [f"--target-{REGISTERED[method].sweep_metric}", "0.5"] for method in METHODS}
+TRAINED = {method for method in METHODS if REGISTERED[method].retrains}
 
 
 def artifacts(only: str | None) -> list[dict[str, Any]]:

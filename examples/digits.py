@@ -72,18 +72,24 @@ def train_digits(model: nn.Module, image: bool, epochs: int = 15, seed: int = 0)
     cut = int(len(x) * 0.2)
     xt, yt = torch.from_numpy(x[order[cut:]]), torch.from_numpy(y[order[cut:]])
     xv, yv = torch.from_numpy(x[order[:cut]]), torch.from_numpy(y[order[:cut]])
+    fit(model, xt, yt, epochs)
+    with torch.no_grad():
+        return float((model(xv).argmax(1) == yv).float().mean())
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
+    """Adam (lr 1e-3), cross-entropy, shuffled batches of 64; leaves ``model`` in eval mode.
+    Shuffles with torch's global generator: seed it first for a repeatable run."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
             idx = perm[i : i + 64]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
-    with torch.no_grad():
-        return float((model(xv).argmax(1) == yv).float().mean())
 
 
 def export(
