@@ -108,3 +108,22 @@ def test_conv_ranks_move_in_blocks_of_eight() -> None:
     ranks = allocate_ranks(layers, budget=0.3 * 20 * 256 * 256)
     assert all(r is not None and r % 8 == 0 for r in ranks)
     assert abs(sum(r * 100 for r in ranks if r) - 0.3 * 20 * 256 * 256) <= 0.02 * 20 * 256 * 256
+
+
+def test_a_layer_whose_smallest_block_saves_nothing_is_never_cut_to_rank_one() -> None:
+    # the digits CNN's shape: a first conv of 16 channels over a 3×3 single-channel window (full
+    # rank 9, where a block of 8 ranks costs more than the layer), a second conv in blocks of 8,
+    # and a linear layer in single ranks. At one MACs target the first conv was left at rank 1
+    # (its step back to dense did not fit) and the model fell to chance accuracy.
+    rng = np.random.default_rng(0)
+    first = LayerBudget(np.sort(rng.random(9))[::-1], (16 + 9) * 64, 16 * 9 * 64, 9, multiple=8)
+    second = LayerBudget(np.sort(rng.random(32))[::-1], (32 + 144) * 16, 32 * 144 * 16, 32, multiple=8)
+    linear = LayerBudget(np.sort(rng.random(64))[::-1], 512 + 10, 512 * 10 * 8, 64)
+    layers = [first, second, linear]
+    total = sum(layer.dense_cost for layer in layers)
+    for share in np.linspace(0.05, 0.95, 181):
+        try:
+            ranks = allocate_ranks(layers, budget=share * total)
+        except InvalidSpec:
+            continue
+        assert ranks[0] is None, f"first conv at rank {ranks[0]} for budget {share:.3f}"

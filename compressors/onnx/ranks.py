@@ -86,15 +86,18 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
     constraint. Because σ is sorted, each layer's marginal gain log E(r+s) − log E(r) falls
     as r grows, so taking the step with the largest gain per unit of cost first, while it
     fits, is the natural greedy for this concave knapsack. Every layer starts at its first
-    step (the log objective forbids rank 0); a step is ``multiple`` ranks. Reaching the
+    step (the log objective forbids rank 0), or dense when that step saves nothing; a step
+    is ``multiple`` ranks. Reaching the
     break-even rank turns a layer back to dense: that last step costs
     ``dense_cost − r·cost_per_rank`` and gains the remaining energy. Steps that no longer
     fit are skipped, not stopped at, so smaller steps of other layers still fill the budget;
     a last step is taken when it lands nearer the budget than stopping does, so the total
     misses it by at most half of one layer's step.
     """
-    ranks = [_first(layer) for layer in layers]
-    spent = float(sum(r * layer.cost_per_rank for r, layer in zip(ranks, layers, strict=True)))
+    first = [_first(layer) for layer in layers]
+    dense = {i for i, r in enumerate(first) if r is None}
+    ranks = [layer.full_rank if r is None else r for r, layer in zip(first, layers, strict=True)]
+    spent = float(sum(_cost_at(layers[i], ranks[i], i in dense) for i in range(len(layers))))
     if spent > budget:
         raise InvalidSpec(
             "the target is below what the smallest rank in every factorizable layer costs; "
@@ -111,8 +114,8 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
             heapq.heappush(heap, (-gain / step, i))
 
     for i in range(len(layers)):
-        push(i)
-    dense: set[int] = set()
+        if i not in dense:
+            push(i)
     while heap:
         _, i = heapq.heappop(heap)
         step, _, target = _next_step(layers[i], fractions[i], ranks[i])
@@ -129,9 +132,16 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
     return [None if i in dense else ranks[i] for i in range(len(layers))]
 
 
-def _first(layer: LayerBudget) -> int:
+def _cost_at(layer: LayerBudget, rank: int, dense: bool) -> int:
+    return layer.dense_cost if dense else rank * layer.cost_per_rank
+
+
+def _first(layer: LayerBudget) -> int | None:
+    """The layer's smallest rank on its grid, or None (dense) when even that saves nothing: a
+    layer held at an off-grid rank 1 because its one step back to dense did not fit the budget
+    cut a small first conv to rank 1 and the model to chance accuracy."""
     start = min(layer.multiple, layer.full_rank)
-    return start if start * layer.cost_per_rank < layer.dense_cost else 1
+    return start if start * layer.cost_per_rank < layer.dense_cost else None
 
 
 def _round_to_nearest(
