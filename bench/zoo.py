@@ -284,6 +284,7 @@ def merge(parts: list[Path]) -> dict[str, Any]:
         **{k: latest[k] for k in ("generated", "commit", "machine", "versions")},
         "seconds": sum(part["seconds"] for part in loaded),
         "merged_from": base["commit"],
+        "parts": [{k: part[k] for k in ("generated", "commit", "seconds")} for part in loaded],
         "counts": counts(merged),
         "rows": merged,
     }
@@ -431,6 +432,11 @@ def render(result: dict[str, Any]) -> str:
 def _carried_note(result: dict[str, Any]) -> list[str]:
     if "merged_from" not in result:
         return []
+    if not any("carried" in cell for row in result["rows"] for cell in row.get("runs", {}).values()):
+        parts = "; ".join(
+            f"{p['generated']} at `{p['commit']}`, {p['seconds']:.0f} s" for p in result.get("parts", [])
+        )
+        return ["", f"This run was made in parts that together cover every cell ({parts})."]
     return [
         "",
         f"This run measured part of the matrix; a cell marked ‡ was not rerun and holds the result "
