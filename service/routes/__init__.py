@@ -53,6 +53,15 @@ def _window(limit: Limit = 50, offset: Offset = 0) -> Window:
 WindowDep = Annotated[Window, Depends(_window)]
 
 
+def multipart_body(form: dict[str, Any], answers: dict[str, str]) -> dict[str, Any]:
+    """The OpenAPI of an upload whose body is the multipart ``form`` (the route streams the body
+    itself, so FastAPI cannot describe it), and its extra answers by status."""
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
+        "responses": {status: {"description": text} for status, text in answers.items()},
+    }
+
+
 def paginate(session: Session, query: Select[Any], window: Window, record: Callable[[Any], T]) -> Page[T]:
     """One page of an ordered query; ``next_offset`` is null on the last page."""
     limit, offset = window.limit, window.offset

@@ -18,7 +18,7 @@ from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep,
 from service.models import StoredDataset, Tenant
 from service.problems import Problem
 from service.retention import delete_upload
-from service.routes import WindowDep, chunks, deletes, from_row, owned, tenant_page
+from service.routes import WindowDep, chunks, deletes, from_row, multipart_body, owned, tenant_page
 from service.schemas import BuiltinDataset, DatasetRecord, Page
 from service.settings import Settings
 from service.store import ArtifactStore, clean_name, stream_to_file
@@ -37,25 +37,18 @@ _NPZ = {
 # One content type only: generated clients mishandle an operation with two request bodies
 # (openapi-python-client emits a module that does not import). The JSON form
 # {"builtin": "digits"} is still accepted, as the description says.
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "title": "DatasetUpload",
-                    "description": "exactly one of `file` or `builtin`",
-                    "type": "object",
-                    "properties": {"file": _NPZ, "builtin": _BUILTIN},
-                }
-            },
-        },
+_BODY = multipart_body(
+    {
+        "title": "DatasetUpload",
+        "description": "exactly one of `file` or `builtin`",
+        "type": "object",
+        "properties": {"file": _NPZ, "builtin": _BUILTIN},
     },
-    "responses": {
-        "415": {"description": "neither multipart/form-data nor application/json"},
-        "507": {"description": "the server is out of storage; retry later (Retry-After)"},
+    {
+        "415": "neither multipart/form-data nor application/json",
+        "507": "the server is out of storage; retry later (Retry-After)",
     },
-}
+)
 _DESCRIPTION = (
     "Upload an .npz as multipart field `file`, or name a built-in set in field `builtin`. "
     'The JSON body `{"builtin": "digits"}` is accepted too.'

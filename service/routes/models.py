@@ -16,7 +16,7 @@ from service.deps import CurrentTenant, ReadSessionDep, SessionDep, SettingsDep,
 from service.models import StoredModel, Tenant
 from service.problems import Problem
 from service.retention import delete_upload
-from service.routes import WindowDep, chunks, deletes, from_row, owned, tenant_page
+from service.routes import WindowDep, chunks, deletes, from_row, multipart_body, owned, tenant_page
 from service.schemas import ModelRecord, Page
 from service.settings import Settings
 from service.store import ArtifactStore, clean_name, stream_to_file
@@ -60,30 +60,23 @@ def _inspect(path: Path, limits: Limits) -> dict:
         return {**info.to_dict(), "sha256": loaded.sha256, "file_bytes": loaded.file_bytes}
 
 
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "title": "Body_models-create",
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "contentMediaType": "application/octet-stream",
-                            "title": "File",
-                            "description": ".onnx file or .zip bundle with external data",
-                        }
-                    },
-                }
+_BODY = multipart_body(
+    {
+        "title": "Body_models-create",
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "contentMediaType": "application/octet-stream",
+                "title": "File",
+                "description": ".onnx file or .zip bundle with external data",
             }
         },
     },
-    "responses": {"415": {"description": "not multipart/form-data"}},
-}
+    {"415": "not multipart/form-data"},
+)
 
 
 @router.post(
