@@ -87,9 +87,8 @@ def allocate_ranks(layers: Sequence[LayerBudget], budget: float) -> list[int | N
     as r grows, so taking the step with the largest gain per unit of cost first, while it
     fits, is the natural greedy for this concave knapsack. Every layer starts at its first
     step (the log objective forbids rank 0), or dense when that step saves nothing; a step
-    is ``multiple`` ranks. Reaching the
-    break-even rank turns a layer back to dense: that last step costs
-    ``dense_cost − r·cost_per_rank`` and gains the remaining energy. Steps that no longer
+    is ``multiple`` ranks. Reaching the break-even rank turns a layer back to dense: that
+    last step costs ``dense_cost − r·cost_per_rank`` and gains the remaining energy. Steps that no longer
     fit are skipped, not stopped at, so smaller steps of other layers still fill the budget;
     a last step is taken when it lands nearer the budget than stopping does, so the total
     misses it by at most half of one layer's step.
